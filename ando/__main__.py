@@ -1,0 +1,3 @@
+from ando.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""The Snapshot: one immutable, fully validated picture of the config.
+
+A Snapshot is what the gateway serves from. It is built once per config version (by
+`ando.config.compile.build_snapshot`, the one function `validate` and `run` share) and then only
+read, so workers can swap to a new one with a single reference assignment while requests in
+flight keep the one they started with. Everything here is frozen: records are frozen dataclasses,
+mappings are read-only views and lists are tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+FrozenMap = Mapping[str, Any]
+EMPTY: FrozenMap = MappingProxyType({})
+
+
+def freeze(value: Any) -> Any:
+    """Deep-freeze plain data: dict -> read-only mapping, list -> tuple."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Back to plain JSON-able data (for the Admin API, `ando explain`, etcd)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    connect: float
+    send: float
+    read: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamNode:
+    host: str
+    port: int
+    weight: int
+    priority: int = 0
+    metadata: FrozenMap = field(default_factory=lambda: EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepalivePool:
+    size: int
+    idle_timeout: float
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    id: str
+    type: str
+    nodes: tuple[UpstreamNode, ...]
+    hash_on: str
+    key: str | None
+    retries: int | None  # None: APISIX's default, the number of nodes - 1
+    retry_timeout: float
+    timeout: Timeout | None
+    scheme: str
+    pass_host: str
+    upstream_host: str | None
+    keepalive_pool: KeepalivePool
+    checks: FrozenMap | None
+    tls: FrozenMap | None
+    name: str | None
+    desc: str | None
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: str
+    uris: tuple[str, ...]
+    methods: tuple[str, ...] | None
+    hosts: tuple[str, ...] | None
+    remote_addrs: tuple[str, ...] | None
+    vars: tuple[Any, ...] | None  # the expression as written; compiled by the router
+    priority: int
+    status: int
+    timeout: Timeout | None
+    enable_websocket: bool
+    service_id: str | None
+    upstream_id: str | None
+    upstream: Upstream | None
+    plugins: FrozenMap
+    plugin_config_id: str | None
+    name: str | None
+    desc: str | None
+    labels: FrozenMap
+    order: int  # position in the file: the last tie-break of routing
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    upstream_id: str | None
+    upstream: Upstream | None
+    plugins: FrozenMap
+    hosts: tuple[str, ...] | None
+    enable_websocket: bool | None
+    name: str | None
+    desc: str | None
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    username: str
+    group_id: str | None
+    plugins: FrozenMap
+    desc: str | None
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerGroup:
+    id: str
+    plugins: FrozenMap
+    name: str | None
+    desc: str | None
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class SSL:
+    id: str
+    type: str
+    snis: tuple[str, ...]
+    certificates: tuple[Certificate, ...]  # the first is `cert`/`key`, then `certs`/`keys`
+    client: FrozenMap | None
+    ssl_protocols: tuple[str, ...] | None
+    status: int
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    id: str
+    plugins: FrozenMap
+    name: str | None
+    desc: str | None
+    labels: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRule:
+    id: str
+    plugins: FrozenMap
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+    tls: bool
+    http2: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """The `ando:` block. Sections later issues give meaning to stay as frozen mappings here
+    (already validated and defaulted by schemas/resources/node.json)."""
+
+    listen: tuple[Listener, ...]
+    workers: int | str  # "auto" or a count
+    limits: FrozenMap
+    admin: FrozenMap
+    etcd: FrozenMap | None
+    observability: FrozenMap
+    lua: FrozenMap
+    plugins: tuple[str, ...] | None  # None: every built-in is enabled
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    file: str
+    node: NodeSettings
+    routes: tuple[Route, ...]
+    services: Mapping[str, Service]
+    upstreams: Mapping[str, Upstream]
+    consumers: Mapping[str, Consumer]
+    consumer_groups: Mapping[str, ConsumerGroup]
+    ssls: Mapping[str, SSL]
+    plugin_configs: Mapping[str, PluginConfig]
+    global_rules: Mapping[str, GlobalRule]
+    plugin_metadata: Mapping[str, FrozenMap]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "routes": len(self.routes),
+            "services": len(self.services),
+            "upstreams": len(self.upstreams),
+            "consumers": len(self.consumers),
+            "consumer_groups": len(self.consumer_groups),
+            "ssls": len(self.ssls),
+            "plugin_configs": len(self.plugin_configs),
+            "global_rules": len(self.global_rules),
+            "plugin_metadata": len(self.plugin_metadata),
+        }
+
+    def summary(self) -> str:
+        return ", ".join(f"{kind} {n}" for kind, n in self.counts().items())

@@ -1,0 +1,59 @@
+"""What plugins exist: each one's name, priority and configuration schemas.
+
+The config layer validates every `plugins:` block against this catalog, so a plugin is only
+accepted once it is registered here with a real implementation behind it. Issue by issue the
+built-in plugins add themselves; Lua plugins (ando/lua) register theirs at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A plugin as the config layer sees it. `consumer_schema` applies when the plugin is
+    configured on a consumer (APISIX's auth plugins take credentials there, e.g. key-auth's
+    `key`); `metadata_schema` validates its `plugin_metadata` entry."""
+
+    name: str
+    priority: int
+    schema: Mapping[str, Any]
+    consumer_schema: Mapping[str, Any] | None = None
+    metadata_schema: Mapping[str, Any] | None = None
+    kind: str = "python"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginCatalog:
+    specs: Mapping[str, PluginSpec] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def of(cls, specs: Iterable[PluginSpec]) -> PluginCatalog:
+        return cls(MappingProxyType({s.name: s for s in specs}))
+
+    def get(self, name: str) -> PluginSpec | None:
+        return self.specs.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def only(self, names: Iterable[str]) -> PluginCatalog:
+        """The catalog restricted to the plugins a node enables (`ando.plugins`)."""
+        wanted = set(names)
+        return PluginCatalog(MappingProxyType({n: s for n, s in self.specs.items() if n in wanted}))
+
+
+def builtin_catalog() -> PluginCatalog:
+    """The plugins built into Ando. None are implemented yet: the plugin pipeline (issue 4)
+    registers each built-in here as it lands, so a config naming one is refused until then."""
+    return PluginCatalog()
