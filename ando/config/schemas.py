@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path as FsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-import jsonschema
 import orjson
 
 from ando.config.diagnostics import Path
+
+if TYPE_CHECKING:  # jsonschema costs ~140 ms to import; only a refused config needs it
+    import jsonschema
 
 Defaulter = Callable[[Any], None]
 
@@ -277,7 +279,9 @@ def _explain_alternatives(
         kinds = " or ".join(sorted({str(b["type"]) for b in branches}))
         yield Problem(path, f"expected {kinds}, got {jtype} {_short(value)}")
         return
-    best = jsonschema.exceptions.best_match(error.context or [error])
+    from jsonschema.exceptions import best_match
+
+    best = best_match(error.context or [error])
     if best is error:
         yield Problem(path, error.message)
     else:
@@ -363,15 +367,22 @@ def compile_defaults(schema: Any) -> Defaulter | None:
 class SchemaChecker:
     """Checks instances against one (bundled) schema: fast pass first, detailed pass on failure."""
 
-    __slots__ = ("_defaults", "_detailed", "_fast", "schema")
+    __slots__ = ("_defaults", "_detailed_validator", "_fast", "schema")
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
-        jsonschema.Draft202012Validator.check_schema(schema)
         fast_schema = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
         self._fast = fastjsonschema.compile(fast_schema, use_default=False, use_formats=False)
-        self._detailed = jsonschema.Draft202012Validator(schema)
+        self._detailed_validator: jsonschema.Draft202012Validator | None = None
         self._defaults = compile_defaults(schema)
+
+    @property
+    def _detailed(self) -> jsonschema.Draft202012Validator:
+        if self._detailed_validator is None:
+            from jsonschema import Draft202012Validator
+
+            self._detailed_validator = Draft202012Validator(self.schema)
+        return self._detailed_validator
 
     def problems(self, instance: Any) -> list[Problem]:
         try:

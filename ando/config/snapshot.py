@@ -21,9 +21,9 @@ EMPTY: FrozenMap = MappingProxyType({})
 def freeze(value: Any) -> Any:
     """Deep-freeze plain data: dict -> read-only mapping, list -> tuple."""
     if isinstance(value, dict):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+        return MappingProxyType({k: freeze(v) for k, v in value.items()}) if value else EMPTY
     if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
+        return tuple([freeze(v) for v in value])
     return value
 
 

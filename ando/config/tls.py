@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 
 def check_certificate_pair(cert: Any, key: Any) -> list[tuple[str, str]]:
     """Problems with a PEM certificate and its private key, as (`cert`|`key`, message)."""
+    from cryptography import x509  # imported here: only files with ssls pay for it
+    from cryptography.hazmat.primitives import serialization
+
     problems: list[tuple[str, str]] = []
     certificate = private_key = None
     try:

@@ -21,6 +21,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ruamel.yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+
 from ando.config.diagnostics import Diagnostic, Path
 from ando.config.envsubst import SubstitutionError, substitute
 
@@ -89,14 +100,19 @@ def _events(text: str) -> Iterator[Any]:
         while True:
             event = parser.get_event()
             yield event
-            if type(event).__name__ == "StreamEndEvent":
+            if event.__class__ is StreamEndEvent:
                 return
     finally:
         parser.dispose()
 
 
+_MAYBE_NOT_STR = frozenset("0123456789+-.~tTfFnN")
+
+
 def _resolve_plain(value: str) -> Any:
     """YAML 1.2 core schema, which is what ruamel.yaml uses by default."""
+    if value and value[0] not in _MAYBE_NOT_STR:
+        return value  # most scalars (paths, names, hosts) are strings: skip the regexes
     if _NULL.match(value):
         return None
     b = _BOOL.get(value)
@@ -156,10 +172,11 @@ def _count(value: Any) -> int:
 
 
 class _Frame:
-    __slots__ = ("anchor", "container", "key", "key_pos", "merges", "path", "pos")
+    __slots__ = ("anchor", "container", "is_map", "key", "key_pos", "merges", "path", "pos")
 
     def __init__(self, container: Any, path: Path, anchor: str | None, pos: tuple[int, int]):
         self.container = container
+        self.is_map = isinstance(container, dict)
         self.path = path
         self.anchor = anchor
         self.pos = pos
@@ -186,14 +203,12 @@ def load_yaml(
     documents = 0
     root_set = False
 
-    def subst(value: str, pos: tuple[int, int], path: Path, plain: bool) -> str:
-        if "${{" not in value:
-            return value
+    def subst(value: str, pos: tuple[int, int], plain: bool) -> str:
         try:
             return substitute(value, env)
         except SubstitutionError as e:
             col = pos[1] + (e.offset if plain else 0)
-            diags.append(Diagnostic(file, pos[0], col, path, e.message))
+            diags.append(Diagnostic(file, pos[0], col, _child_path(stack), e.message))
             return value
 
     def attach(value: Any, pos: tuple[int, int], anchor: str | None) -> None:
@@ -206,7 +221,7 @@ def load_yaml(
             doc.positions[()] = pos
             return
         top = stack[-1]
-        if isinstance(top.container, list):
+        if not top.is_map:
             path = (*top.path, len(top.container))
             top.container.append(value)
             doc.positions[path] = pos
@@ -253,24 +268,22 @@ def load_yaml(
 
     try:
         for event in _events(text):
-            name = type(event).__name__
+            cls = event.__class__
             mark = event.start_mark
             pos = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-            if name == "ScalarEvent":
-                in_key = (
-                    bool(stack)
-                    and isinstance(stack[-1].container, dict)
-                    and stack[-1].key is _NO_KEY
-                )
-                path = _child_path(stack)
-                plain = event.style in (None, "") and bool(event.implicit and event.implicit[0])
-                raw = subst(event.value, pos, path, plain)
+            if cls is ScalarEvent:
+                top = stack[-1] if stack else None
+                in_key = top is not None and top.key is _NO_KEY and top.is_map
+                plain = not event.style and bool(event.implicit and event.implicit[0])
+                raw = event.value
+                if "${{" in raw:
+                    raw = subst(raw, pos, plain)
                 tag = event.tag
                 if tag and tag != "!":
                     try:
                         value: Any = _construct_tagged(tag, raw)
                     except ValueError as e:
-                        diags.append(Diagnostic(file, pos[0], pos[1], path, str(e)))
+                        diags.append(Diagnostic(file, pos[0], pos[1], _child_path(stack), str(e)))
                         value = raw
                 elif plain:
                     value = _resolve_plain(raw)
@@ -278,16 +291,20 @@ def load_yaml(
                         value = _MERGE
                 else:
                     value = raw
+                if in_key and value.__class__ is str and not event.anchor:
+                    top.key = value  # type: ignore[union-attr]  # the common case, inlined
+                    top.key_pos = pos  # type: ignore[union-attr]
+                    continue
                 if value is _MERGE:
                     stack[-1].key = _MERGE
                     stack[-1].key_pos = pos
                     continue
                 attach(value, pos, event.anchor)
-            elif name in ("MappingStartEvent", "SequenceStartEvent"):
+            elif cls is MappingStartEvent or cls is SequenceStartEvent:
                 if len(stack) >= MAX_DEPTH:
                     raise YamlError(f"nesting deeper than {MAX_DEPTH} levels is refused", *pos)
                 tag = event.tag
-                want = "map" if name == "MappingStartEvent" else "seq"
+                want = "map" if cls is MappingStartEvent else "seq"
                 if tag and tag not in ("!", _CORE_TAG + want):
                     diags.append(
                         Diagnostic(
@@ -300,12 +317,12 @@ def load_yaml(
                 stack.append(
                     _Frame({} if want == "map" else [], _child_path(stack), event.anchor, pos)
                 )
-            elif name in ("MappingEndEvent", "SequenceEndEvent"):
+            elif cls is MappingEndEvent or cls is SequenceEndEvent:
                 frame = stack.pop()
-                if isinstance(frame.container, dict):
+                if frame.merges:
                     _apply_merges(frame, doc, diags, file)
                 attach(frame.container, frame.pos, frame.anchor)
-            elif name == "AliasEvent":
+            elif cls is AliasEvent:
                 if event.anchor not in anchors:
                     raise YamlError(f"unknown alias '*{event.anchor}'", *pos)
                 original = anchors[event.anchor]
@@ -321,7 +338,7 @@ def load_yaml(
                     stack[-1].merges.append((original, stack[-1].key_pos))
                     continue
                 attach(_copy(original), pos, None)
-            elif name == "DocumentStartEvent":
+            elif cls is DocumentStartEvent:
                 documents += 1
                 if documents > 1:
                     raise YamlError(
