@@ -257,8 +257,9 @@ def test_roundrobin_exact_shares(weights: tuple[int, ...]) -> None:
 
 def test_roundrobin_schedule_matches_reference_algorithm() -> None:
     rng = random.Random(1)
-    for _ in range(50):
-        weights = [rng.randint(1, 20) for _ in range(rng.randint(1, 8))]
+    cases = [[3, 3, 3], [1] * 7, [2, 4], [7]]
+    cases += [[rng.randint(1, 20) for _ in range(rng.randint(1, 8))] for _ in range(50)]
+    for weights in cases:
         schedule = smooth_schedule(weights)
         assert schedule is not None
         assert schedule * 3 == reference_swrr(weights, 3 * len(schedule))
