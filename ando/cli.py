@@ -1,7 +1,7 @@
-"""The `ando` command: validate, run, schema, version.
+"""The `ando` command: validate, run, reload, explain, schema, version.
 
 Exit codes are part of the interface (CI scripts branch on them): 0 success, 1 the config is
-invalid, 2 bad usage or a file that cannot be read, 3 a command this build cannot carry out yet.
+invalid, 2 bad usage or a file that cannot be read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 
 from ando import __version__
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=("text", "json"), default="text")
     r = sub.add_parser("run", help="validate the config and serve it")
     r.add_argument("-c", "--config", required=True, metavar="FILE")
+    r.add_argument("--pid-file", metavar="PATH", help="where to write the master's pid")
+    h = sub.add_parser("reload", help="make the running gateway reload its config (SIGHUP)")
+    h.add_argument("-c", "--config", metavar="FILE", help="the file `ando run -c` was given")
+    h.add_argument("--pid-file", metavar="PATH", help="the pid file `ando run` was given")
+    e = sub.add_parser("explain", help="show which route, plugins and upstream a request would get")
+    e.add_argument("-c", "--config", required=True, metavar="FILE")
+    e.add_argument("method", metavar="METHOD")
+    e.add_argument("url", metavar="URL")
+    e.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    e.add_argument("--remote-addr", default="127.0.0.1", metavar="IP")
+    e.add_argument("--format", choices=("text", "json"), default="text")
     s = sub.add_parser(
         "schema", help="print a JSON Schema (the whole file, a resource or a plugin)"
     )
@@ -44,12 +55,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "reload" and not (args.config or args.pid_file):
+        parser.error("reload: give -c FILE (or --pid-file PATH) to find the running gateway")
     try:
         if args.command == "validate":
             return _validate(args.file, args.format)
         if args.command == "run":
-            return _run(args.config)
+            return _run(args.config, args.pid_file)
+        if args.command == "reload":
+            return _reload(args.config, args.pid_file)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "schema":
             return _schema(args.name, args.list)
         if args.command == "version":
@@ -117,26 +135,60 @@ def _validate(file: str, fmt: str) -> int:
     return EXIT_OK
 
 
-def _run(file: str) -> int:
+def _run(file: str, pid_file: str | None) -> int:
+    from ando.runtime.master import run
+
+    return run(file, pid_file=pid_file)
+
+
+def _reload(file: str | None, pid_file: str | None) -> int:
+    """SIGHUP to the master. The result of the reload is in the gateway's log, not here: the
+    master validates with its own environment, which `${{VAR}}` substitution depends on."""
+    import signal
+
+    from ando.runtime.pidfile import PidFileError, default_pid_file, signal_master
+
+    path = pid_file or default_pid_file(file or "")
+    try:
+        pid = signal_master(path, signal.SIGHUP, config_hint=file)
+    except PidFileError as e:
+        print(f"ando: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"ando: reload signal sent to pid {pid}; the result is in its log", file=sys.stderr)
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import ipaddress
+
     from ando.config.diagnostics import ConfigError, render_text
     from ando.config.source import UnreadableConfig
+    from ando.proxy.explain import ExplainError, explain
+    from ando.proxy.explain import render_text as render_explanation
 
     try:
-        snapshot = _load(file)
+        ipaddress.ip_address(args.remote_addr)
+    except ValueError:
+        print(f"ando: --remote-addr '{args.remote_addr}' is not an IP address", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        snapshot = _load(args.config)
     except UnreadableConfig as e:
         print(f"ando: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ConfigError as e:
         print(render_text(e.diagnostics), file=sys.stderr)
-        print(f"ando: {file} is invalid; not starting", file=sys.stderr)
         return EXIT_INVALID
-    print(f"ando: {file} loaded: {snapshot.summary()}", file=sys.stderr)
-    print(
-        "ando: serving traffic is not built yet (the data plane is a later milestone); "
-        "nothing is listening. Exiting.",
-        file=sys.stderr,
-    )
-    return EXIT_UNAVAILABLE
+    try:
+        result = explain(snapshot, args.method, args.url, args.header, args.remote_addr)
+    except ExplainError as e:
+        print(f"ando: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "json":
+        print(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_explanation(result))
+    return EXIT_OK
 
 
 def _schema(name: str, list_only: bool) -> int:

@@ -167,6 +167,10 @@ def build_snapshot(
                 checker.apply_defaults(item)
                 b.valid[section].append((i, item))
 
+    if node is not None and not data.get("ssls"):
+        for i, lst in enumerate(node.listen):
+            if lst.tls:
+                b.error(("ando", "listen", i), "tls: true needs at least one certificate in ssls")
     _assign_ids(b)
     _check_plugins(b)
     _check_references(b)
@@ -202,6 +206,8 @@ def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:
             b.error(path, f"{host}:{port} is already listed at listen[{seen[(host, port)]}]")
             continue
         seen[(host, port)] = i
+        if spec.get("http2"):
+            b.error(("ando", "listen", i, "http2"), "HTTP/2 is not supported yet; remove http2: true")
         listeners.append(
             Listener(host, port, bool(spec.get("tls", False)), bool(spec.get("http2", False)))
         )

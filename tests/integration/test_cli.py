@@ -182,10 +182,31 @@ def test_run_refuses_an_invalid_config_with_exit_1(tmp_path):
     assert f"{f}:3:18: routes[0].upstream_id" in r.stderr and "not starting" in r.stderr
 
 
-def test_run_says_serving_is_not_built_and_does_not_pretend(tmp_path):
-    r = ando("run", "-c", "config/ando.yaml")
-    assert r.returncode == 3
-    assert "not built yet" in r.stderr and "nothing is listening" in r.stderr
+def test_explain_names_the_route_the_reasons_and_the_upstream():
+    fixture = str(FIXTURES / "upstream-refs.yaml")
+    r = ando("explain", "-c", fixture, "GET", "http://example.org/api/users?id=1")
+    assert r.returncode == 0, r.stderr
+    assert "=> 1  uri /api/*: matched" in r.stdout
+    assert "upstream: 1 roundrobin: 127.0.0.1:1980 (weight 1), 127.0.0.1:1981 (weight 3)" in r.stdout
+    assert r.stdout.rstrip().splitlines()[-1].startswith("outcome:  proxied to 127.0.0.1:198")
+    # Host, vars and remote_addr decide route 2; from 127.0.0.1 its remote_addrs refuse.
+    args = ("explain", "-c", fixture, "GET", "http://api.example.com/v1/x?version=2", "-H", "X-Env: prod")
+    r = ando(*args, "--remote-addr", "10.1.2.3")
+    assert "=> 2  uri /v1/* [host api.example.com]: matched" in r.stdout
+    r = ando(*args)
+    assert "remote_addr 127.0.0.1 not in remote_addrs" in r.stdout
+    assert 'outcome:  404 {"error_msg":"404 Route Not Found"}' in r.stdout
+    r = ando(*args, "--remote-addr", "10.1.2.3", "--format", "json")
+    data = json.loads(r.stdout)
+    assert data["route"]["id"] == "2" and data["upstream"]["id"] == "backend2"
+
+
+def test_explain_refuses_what_the_gateway_would_refuse():
+    fixture = str(FIXTURES / "upstream-refs.yaml")
+    r = ando("explain", "-c", fixture, "GET", "http://x/a/%2F..")
+    assert r.returncode == 2 and "400" in r.stderr
+    r = ando("explain", "-c", fixture, "GET", "http://x/", "--remote-addr", "nope")
+    assert r.returncode == 2 and "not an IP address" in r.stderr
 
 
 def test_schema_command_prints_standalone_schemas():

@@ -153,14 +153,23 @@ def test_schema_defaults_are_applied():
 
 
 def test_node_settings_listen_forms():
+    cert, key = _cert_and_key()
     snap = build(
         "ando:\n  workers: 2\n  listen:\n    - '127.0.0.1:8080'\n    - {addr: '[::1]:8443', tls: true}\n"
-        "routes: []\n"
+        + _ssl_yaml(cert, key)
     )
     assert snap.node.workers == 2
     assert [(lst.host, lst.port, lst.tls) for lst in snap.node.listen] == [
         ("127.0.0.1", 8080, False),
         ("::1", 8443, True),
+    ]
+
+
+def test_tls_listener_needs_certificates_and_http2_is_refused():
+    found = problems("ando:\n  listen:\n    - {addr: '0.0.0.0:9443', tls: true, http2: true}\nroutes: []\n")
+    assert found == [
+        "t.yaml:3:7: ando.listen[0]: tls: true needs at least one certificate in ssls",
+        "t.yaml:3:48: ando.listen[0].http2: HTTP/2 is not supported yet; remove http2: true",
     ]
 
 

@@ -1,0 +1,720 @@
+"""The downstream side: one asyncio Protocol per client connection, parsing with httptools.
+
+The protocol is also the parser's callback target (as in uvicorn's httptools_impl), and it knows
+nothing of routes or upstreams: when a request's head is complete it hands the request to the
+`RequestHandler` it was built with, and from then on talks to the `Exchange` the handler attached
+(body chunks in, response bytes out, flow control both ways).
+
+llhttp accepts requests a gateway must refuse, and it has no size limits, so this module is where
+Ando is stricter than the parser: HTTP/1.0 and 1.1 only, exactly one valid Host on 1.1, no
+Transfer-Encoding on 1.0 and nothing but `chunked`, no `_` in header names, a bounded request
+line, header block and header count, a header timeout and an idle keep-alive timeout. A refused
+request is answered (400/405/408/413/414/431/501) and the connection closed; it never reaches an
+upstream.
+
+Pipelining: requests parsed while another is in flight wait in a queue, their bodies buffered,
+and reading pauses so the queue stays small; responses go out strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any, Protocol
+
+import httptools
+
+from ando.http.path import BadTarget, split_target
+
+# How many bytes of a queued (pipelined) request body we hold before we stop reading.
+PIPELINE_BUFFER = 256 * 1024
+# Pause reading while more than this much response data waits in our write buffer.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+# Bytes of a Host (RFC 3986 reg-name: unreserved, sub-delims, pct-encoded; IP literals apart).
+# Checked with bytes.translate (deleting the allowed bytes must leave nothing): no regex per request.
+_REG_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
+_IP_LITERAL = b"0123456789abcdefABCDEF:."
+# Bytes held after an Upgrade request, before the upstream switches protocols, before we stop reading.
+UPGRADE_HOLD = 64 * 1024
+_REASONS = {
+    100: "Continue",
+    101: "Switching Protocols",
+    200: "OK",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Not Allowed",
+    408: "Request Time-out",
+    411: "Length Required",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+    505: "HTTP Version Not Supported",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+def parse_host(raw: bytes) -> str | None:
+    """A Host value (or an absolute-form authority) as nginx's $host: lower-case, without the
+    port and without one trailing dot. None when it is not a valid host[:port]."""
+    if raw[:1] == b"[":
+        end = raw.find(b"]")
+        if end < 2 or raw[1:end].translate(None, _IP_LITERAL):
+            return None
+        host, port = raw[: end + 1], raw[end + 1 :]
+    else:
+        colon = raw.find(b":")
+        host, port = (raw, b"") if colon < 0 else (raw[:colon], raw[colon:])
+        if not host or host.translate(None, _REG_NAME):
+            return None
+        if host[-1:] == b"." and len(host) > 1:
+            host = host[:-1]
+    if port and not (2 <= len(port) <= 6 and port[1:].isdigit()):
+        return None
+    return host.decode("ascii").lower()
+
+
+def _authority(target: bytes) -> bytes:
+    """The authority of an absolute-form target that path.split_target accepted."""
+    pre = target.partition(b"?")[0]
+    rest = pre[pre.find(b"//") + 2 :]
+    slash = rest.find(b"/")
+    return rest if slash < 0 else rest[:slash]
+
+
+class Limits:
+    """Request limits, defaulting near nginx's (DESIGN.md, "Limits")."""
+
+    __slots__ = (
+        "header_timeout",
+        "keepalive_timeout",
+        "max_body_size",
+        "max_header_lines",
+        "max_header_size",
+        "max_request_line",
+    )
+
+    def __init__(
+        self,
+        *,
+        header_timeout: float = 60.0,
+        max_header_size: int = 32 * 1024,
+        max_header_lines: int = 100,
+        max_request_line: int = 8 * 1024,
+        max_body_size: int = 0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.header_timeout = header_timeout
+        self.max_header_size = max_header_size
+        self.max_header_lines = max_header_lines
+        self.max_request_line = max_request_line
+        self.max_body_size = max_body_size  # 0: unlimited
+        self.keepalive_timeout = keepalive_timeout
+
+
+class Exchange(Protocol):
+    """What a handler attaches to a request to receive the rest of it."""
+
+    def on_body(self, data: bytes) -> None: ...
+    def on_body_end(self) -> None: ...
+    def on_client_pause(self) -> None: ...
+    def on_client_resume(self) -> None: ...
+    def on_client_lost(self) -> None: ...
+    def on_tunnel_data(self, data: bytes) -> None: ...
+
+
+class RequestHandler(Protocol):
+    def on_request(self, conn: HttpConnection, request: Request) -> None: ...
+
+
+class Request:
+    """One parsed request head, plus its body while no handler has taken it yet."""
+
+    __slots__ = (
+        "body_done",
+        "body_parts",
+        "body_size",
+        "chunked",
+        "client_addr",
+        "client_port",
+        "content_length",
+        "exchange",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "lost",
+        "method",
+        "path",
+        "query",
+        "raw_host",
+        "refusal",
+        "scheme",
+        "server_port",
+        "start",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.path = ""
+        self.query = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = ""  # lower-case, without port: nginx's $host
+        self.raw_host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.expect_continue = False
+        self.exchange: Exchange | None = None
+        self.body_parts: list[bytes] | None = None  # buffered until an exchange takes over
+        self.body_size = 0
+        self.body_done = False
+        self.lost = False  # the client is gone (or the request was refused): a late attach is told
+        self.refusal: tuple[int, str] | None = None  # answered with this error when its turn comes
+        self.client_addr = ""
+        self.client_port = 0
+        self.server_port = 0
+        self.scheme = "http"
+        self.start = 0.0
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header, by lower-case name (a scan: heads are short)."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def attach(self, exchange: Exchange) -> None:
+        """The handler takes over the body: replay what was buffered, then stream."""
+        self.exchange = exchange
+        if self.lost:
+            # Refused or abandoned while the handler was still getting ready (e.g. connecting
+            # upstream): nothing more will come, and nothing of it may be forwarded.
+            self.body_parts = None
+            exchange.on_client_lost()
+            return
+        parts, self.body_parts = self.body_parts, None
+        if parts:
+            for p in parts:
+                exchange.on_body(p)
+        if self.body_done:
+            exchange.on_body_end()
+
+
+class _Refuse(Exception):
+    """Raised inside a parser callback to stop parsing a request we will not serve."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+_date_cache: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted at most once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    return _date_cache[1]
+
+
+def json_error(status: int, message: str) -> bytes:
+    import orjson
+
+    return orjson.dumps({"error_msg": message})
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. Per-connection state lives here; per-request state in Request."""
+
+    __slots__ = (
+        "_closing",
+        "_current",
+        "_deadline",
+        "_dispatching",
+        "_head_bytes",
+        "_header_lines",
+        "_parsing",
+        "_pending",
+        "_read_paused",
+        "_timer",
+        "_url_parts",
+        "_write_paused",
+        "client_addr",
+        "client_port",
+        "handler",
+        "limits",
+        "loop",
+        "on_close",
+        "parser",
+        "requests_served",
+        "scheme",
+        "server_port",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        limits: Limits,
+        *,
+        scheme: str = "http",
+        on_close: Callable[[HttpConnection], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.scheme = scheme
+        self.on_close = on_close
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._parsing: Request | None = None  # the request the parser is filling
+        self._current: Request | None = None  # the request whose response is being sent
+        self._dispatching = False
+        self._pending: deque[Request] = deque()  # pipelined requests waiting their turn
+        self._url_parts: list[bytes] = []
+        self._head_bytes = 0
+        self._header_lines = 0
+        self._read_paused = False
+        self._write_paused = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self.tunnel: Exchange | None = None
+        self.requests_served = 0
+        self.client_addr = ""
+        self.client_port = 0
+        self.server_port = 0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_addr, self.client_port = peer[0], peer[1]
+        else:  # a unix socket
+            self.client_addr, self.client_port = "unix:", 0
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self.server_port = sock[1]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        self._arm(self.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.on_tunnel_data(data)
+            return
+        if self._closing:
+            return
+        in_head = self._parsing is None or self._parsing.method == ""
+        if in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except _Refuse as r:
+            self._refuse(r.status, r.message)
+        except httptools.HttpParserUpgrade as e:
+            offset = e.args[0]
+            req = self._parsing
+            rest = data[offset:]
+            if req is not None and req.exchange is not None and rest:
+                # Bytes after an Upgrade request: held by the exchange until the upstream
+                # answers 101 (never interpreted as HTTP).
+                req.exchange.on_tunnel_data(rest)
+            elif req is not None and rest:
+                req.body_parts = [*(req.body_parts or []), rest]
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Refuse):
+                self._refuse(cause.status, cause.message)
+            else:
+                self._refuse(400, "bad request")
+        except httptools.HttpParserError:
+            if self._parsing is not None and self._parsing.exchange is not None:
+                # The head was accepted and forwarded; its body is broken: abort both sides.
+                self._parsing.exchange.on_client_lost()
+                self.abort()
+            else:
+                self._refuse(400, "bad request")
+            return
+        # llhttp buffers a head of any size; bound it, counting only bytes read before the
+        # head completed (a body in the same read does not count).
+        if (
+            in_head
+            and self._parsing is not None
+            and self._parsing.method == ""
+            and self._head_bytes > self.limits.max_request_line + self.limits.max_header_size
+        ):
+            self._refuse(414 if self._header_lines == 0 else 431, "request head too large")
+
+    def eof_received(self) -> bool | None:
+        # A client half-close: let the response in flight finish, then close.
+        if self._current is None and self._parsing is None:
+            return None
+        if self._current is not None:
+            self._current.keep_alive = False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for req in (self._current, *self._pending, self._parsing):
+            if req is not None and req.exchange is not None:
+                req.exchange.on_client_lost()
+        if self.tunnel is not None:
+            self.tunnel.on_client_lost()
+        self._current = self._parsing = None
+        self._pending.clear()
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        ex = self.tunnel or (self._current.exchange if self._current is not None else None)
+        if ex is not None:
+            ex.on_client_pause()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        ex = self.tunnel or (self._current.exchange if self._current is not None else None)
+        if ex is not None:
+            ex.on_client_resume()
+
+    # --- parser callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        req = Request()
+        req.client_addr = self.client_addr
+        req.client_port = self.client_port
+        req.server_port = self.server_port
+        req.scheme = self.scheme
+        req.start = self.loop.time()
+        self._parsing = req
+        self._url_parts.clear()
+        self._header_lines = 0
+        if self._current is None:
+            self._arm(self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url_parts.append(url)
+        if sum(len(p) for p in self._url_parts) > self.limits.max_request_line:
+            raise _Refuse(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        self._header_lines += 1
+        if self._header_lines > self.limits.max_header_lines:
+            raise _Refuse(431, "too many header lines")
+        if b"_" in name:
+            raise _Refuse(400, "underscore in a header name")
+        lname = name.lower()
+        if lname == b"host":
+            if req.raw_host is not None:
+                raise _Refuse(400, "more than one Host header")
+            req.raw_host = value
+        elif lname == b"transfer-encoding":
+            if req.chunked or value.strip().lower() != b"chunked":
+                raise _Refuse(501, "unsupported transfer encoding")
+            req.chunked = True
+        elif lname == b"content-length":
+            req.content_length = int(value) if value.isdigit() else -1
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise _Refuse(417, "unsupported expectation")
+            req.expect_continue = True
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Refuse(505 if version.startswith(("2", "3")) else 400, "unsupported HTTP version")
+        req.version = version
+        req.method = parser.get_method().decode("ascii", "replace")
+        if req.method == "CONNECT":
+            raise _Refuse(405, "CONNECT is not allowed")
+        if req.chunked and version == "1.0":
+            raise _Refuse(400, "Transfer-Encoding on HTTP/1.0")
+        if req.content_length == -1:
+            raise _Refuse(400, "invalid Content-Length")
+        max_body = self.limits.max_body_size
+        if max_body and req.content_length is not None and req.content_length > max_body:
+            raise _Refuse(413, "request body too large")
+        raw_host = req.raw_host
+        if raw_host is None:
+            if version == "1.1":
+                raise _Refuse(400, "missing Host header")
+        else:
+            if not _HOST_RE.match(raw_host):
+                raise _Refuse(400, "invalid Host header")
+            host = raw_host.decode("ascii").lower()
+            if host.startswith("["):
+                req.host = host[: host.index("]") + 1]
+            else:
+                req.host = host.partition(":")[0]
+        target = b"".join(self._url_parts) if len(self._url_parts) != 1 else self._url_parts[0]
+        req.target = target
+        try:
+            req.path, req.query = split_target(target)
+        except BadTarget as e:
+            raise _Refuse(e.status, e.reason) from None
+        if req.path == "*" and req.method != "OPTIONS":
+            raise _Refuse(400, "asterisk-form target needs OPTIONS")
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = parser.should_upgrade()
+        self._head_bytes = 0
+        if self._current is None:
+            self._deadline = None  # the header timeout no longer applies
+            self._start(req)
+        else:
+            self._pending.append(req)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        req.body_size += len(body)
+        max_body = self.limits.max_body_size
+        if max_body and req.body_size > max_body:
+            if req.exchange is not None:
+                req.exchange.on_client_lost()
+            raise _Refuse(413, "request body too large")
+        if req.exchange is not None:
+            req.exchange.on_body(body)
+        else:
+            if req.body_parts is None:
+                req.body_parts = []
+            req.body_parts.append(body)
+            if req.body_size > PIPELINE_BUFFER:
+                self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        req.body_done = True
+        self._parsing = None
+        if req.exchange is not None:
+            req.exchange.on_body_end()
+        if self._current is None and not self._pending and not self._closing:
+            self._arm(self.limits.keepalive_timeout)
+
+    # --- what the handler and exchange call --------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        """Hand `req` to the handler. A loop, not recursion: a handler that answers at once
+        finishes the request, and the next pipelined one starts here, not deeper in the stack."""
+        self._current = req
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while True:
+                running = self._current
+                if running is None:
+                    return
+                try:
+                    self.handler.on_request(self, running)
+                except Exception:  # a bug in a handler fails this request, never the worker
+                    import logging
+
+                    logging.getLogger("ando.http").exception("request handler failed")
+                    if self._current is running:
+                        self.send_simple(
+                            running, 500, json_error(500, "500 Internal Server Error"), close=True
+                        )
+                if self._current is running:
+                    return  # still in flight; its exchange will call finish()
+        finally:
+            self._dispatching = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._write_paused
+
+    def send_simple(
+        self,
+        req: Request,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | tuple[()] = (),
+        *,
+        content_type: bytes = b"application/json",
+        close: bool = False,
+    ) -> int:
+        """A complete response made by the gateway itself (errors, redirects, mocks).
+        Returns the bytes written."""
+        keep = req.keep_alive and not close and (req.body_done or not req.has_body)
+        head = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode()),
+            b"Date: " + http_date() + b"\r\n",
+            b"Server: ando\r\n",
+        ]
+        if body or status not in (204, 304):
+            head.append(b"Content-Type: " + content_type + b"\r\n")
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        for k, v in headers:
+            head.append(k + b": " + v + b"\r\n")
+        if not keep:
+            head.append(b"Connection: close\r\n")
+        elif req.version == "1.0":
+            head.append(b"Connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        if req.method != "HEAD" and status not in (204, 304):
+            head.append(body)
+        data = b"".join(head)
+        self.write(data)
+        self.finish(req, keep)
+        return len(data)
+
+    def send_continue(self) -> None:
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def finish(self, req: Request, keep_alive: bool) -> None:
+        """The response to `req` is complete: serve the next pipelined request, or idle, or close."""
+        if self._current is not req:
+            return
+        self._current = None
+        self.requests_served += 1
+        if not keep_alive or not req.keep_alive or self._closing:
+            self.close()
+            return
+        if req.has_body and not req.body_done:
+            # The response went out before the request body was read (an error, or a plugin's
+            # answer): the rest of the body would be parsed as a request. Close instead.
+            self.close()
+            return
+        if self._pending:
+            nxt = self._pending.popleft()
+            if not self._pending:
+                self._resume_reading()
+            self._start(nxt)
+            return
+        self._resume_reading()
+        self._arm(self.limits.keepalive_timeout if self._parsing is None else self.limits.header_timeout)
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """After a 101: every byte from now on is raw, both ways."""
+        self.tunnel = exchange
+        self._deadline = None
+        self._resume_reading()
+
+    def pause_reading(self) -> None:
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self._closing = True
+            self.transport.abort()
+
+    def begin_drain(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in flight."""
+        if self._current is None and self._parsing is None and self.tunnel is None:
+            self.close()
+        elif self._current is not None:
+            self._current.keep_alive = False
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and self._parsing is None and self.tunnel is None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request we will not serve, then close: the stream can no longer be trusted."""
+        if self._closing:
+            return
+        req = self._parsing or Request()
+        if req.method == "":
+            req.method = "GET"
+        # A response may already be in flight for an earlier request: answer only when it's done.
+        if self._current is not None and self._current is not req:
+            self._current.keep_alive = False
+            self._pending.clear()
+            self._pause_reading()
+            return
+        self._current = req
+        req.keep_alive = False
+        self.send_simple(req, status, json_error(status, f"{status} {message}"), close=True)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self._closing:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _arm(self, timeout: float) -> None:
+        """Set the one deadline this connection has; the timer is re-armed lazily."""
+        self._deadline = self.loop.time() + timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        now = self.loop.time()
+        if now < deadline:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        if self._parsing is not None and self._current is None:
+            self._refuse(408, "request header timeout")
+        elif self._current is None:
+            self.close()  # idle keep-alive connection

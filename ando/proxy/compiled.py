@@ -1,0 +1,164 @@
+"""A Snapshot compiled for serving: the router, one balancer per upstream, routes resolved.
+
+Built once per config version, away from the request path; a request then needs only a router
+walk and attribute reads. Inheritance from services is resolved here (hosts, upstream,
+enable_websocket), as are upstream defaults (retries = nodes - 1) and route timeouts.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from ando.config.snapshot import Route, Service, Snapshot, Timeout, Upstream, thaw
+from ando.proxy.balancer import Balancer, Node, make_balancer
+from ando.proxy.variables import Vars
+from ando.router.expr import compile_expr
+from ando.router.ipset import IPSet
+from ando.router.router import RouteEntry, Router
+
+DEFAULT_TIMEOUT = Timeout(60.0, 60.0, 60.0)
+
+
+class UpstreamRuntime:
+    __slots__ = (
+        "balancer",
+        "id",
+        "max_attempts",
+        "nodes",
+        "pass_host",
+        "pool",
+        "record",
+        "retry_timeout",
+        "scheme",
+        "timeout",
+        "tls",
+        "upstream_host",
+    )
+
+    def __init__(self, record: Upstream) -> None:
+        self.record = record
+        self.id = record.id
+        self.nodes = tuple(Node(n.host, n.port, n.weight, n.priority) for n in record.nodes)
+        self.balancer: Balancer = make_balancer(
+            record.type, self.nodes, hash_key=_hash_key(record) if record.type == "chash" else None
+        )
+        usable = sum(1 for n in self.nodes if n.weight > 0)
+        retries = record.retries if record.retries is not None else max(usable - 1, 0)
+        self.max_attempts = 1 + retries
+        self.retry_timeout = record.retry_timeout
+        self.timeout = record.timeout
+        self.pass_host = record.pass_host
+        self.upstream_host = record.upstream_host.encode() if record.upstream_host else None
+        self.pool = record.keepalive_pool
+        self.scheme = record.scheme
+        self.tls: ssl.SSLContext | None = None
+        if record.scheme in ("https", "grpcs"):
+            ctx = ssl.create_default_context()
+            verify = bool(record.tls and record.tls.get("verify"))
+            if not verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self.tls = ctx
+
+
+def _hash_key(record: Upstream) -> Callable[[object], str | None]:
+    """chash key per APISIX's hash_on; a missing value falls back to the client address."""
+    key = record.key or ""
+    on = record.hash_on
+    if on == "vars":
+        name = key
+    elif on == "header":
+        name = "http_" + key.lower().replace("-", "_")
+    elif on == "cookie":
+        name = "cookie_" + key
+    elif on == "consumer":
+        name = "consumer_name"
+    else:  # vars_combinations: "$remote_addr$http_x"
+        import re
+
+        parts = re.findall(r"\$([A-Za-z0-9_]+)|([^$]+)", key)
+
+        def combined(v: object) -> str | None:
+            assert isinstance(v, Vars)
+            out = "".join((v.get(n) or "") if n else lit for n, lit in parts)
+            return out or v.req.client_addr
+
+        return combined
+
+    def lookup(v: object) -> str | None:
+        assert isinstance(v, Vars)
+        return v.get(name) or v.req.client_addr
+
+    return lookup
+
+
+class RouteRuntime:
+    __slots__ = ("id", "name", "record", "service_id", "timeout", "upstream", "websocket")
+
+    def __init__(self, record: Route, service: Service | None, upstream: UpstreamRuntime | None) -> None:
+        self.record = record
+        self.id = record.id
+        self.name = record.name
+        self.service_id = record.service_id
+        self.upstream = upstream
+        self.websocket = record.enable_websocket or bool(service and service.enable_websocket)
+        base = upstream.timeout if upstream is not None else None
+        self.timeout = record.timeout or base or DEFAULT_TIMEOUT
+
+
+class RuntimeConfig:
+    __slots__ = ("router", "routes", "snapshot", "upstreams")
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        shared = {uid: UpstreamRuntime(u) for uid, u in snapshot.upstreams.items()}
+        service_ups = {
+            sid: UpstreamRuntime(s.upstream) for sid, s in snapshot.services.items() if s.upstream
+        }
+        self.upstreams: Mapping[str, UpstreamRuntime] = MappingProxyType(shared)
+        routes: list[RouteRuntime] = []
+        entries: list[RouteEntry] = []
+        for r in snapshot.routes:
+            service = snapshot.services.get(r.service_id) if r.service_id else None
+            upstream = _resolve_upstream(r, service, shared, service_ups)
+            rt = RouteRuntime(r, service, upstream)
+            routes.append(rt)
+            if r.status == 0:
+                continue  # disabled: kept for explain and the Admin API, never matched
+            hosts = r.hosts if r.hosts is not None else (service.hosts if service else None)
+            entries.append(
+                RouteEntry(
+                    payload=rt,
+                    route_id=r.id,
+                    uris=r.uris,
+                    methods=frozenset(r.methods) if r.methods else None,
+                    hosts=hosts,
+                    remote_addrs=IPSet.parse(r.remote_addrs) if r.remote_addrs else None,
+                    vars=compile_expr(thaw(r.vars)) if r.vars else None,
+                    priority=r.priority,
+                    order=r.order,
+                )
+            )
+        self.routes = tuple(routes)
+        self.router = Router(entries)
+
+
+def _resolve_upstream(
+    route: Route,
+    service: Service | None,
+    shared: Mapping[str, UpstreamRuntime],
+    service_ups: Mapping[str, UpstreamRuntime],
+) -> UpstreamRuntime | None:
+    """APISIX's precedence: the route's own upstream, its upstream_id, then its service's."""
+    if route.upstream is not None:
+        return UpstreamRuntime(route.upstream)
+    if route.upstream_id is not None:
+        return shared.get(route.upstream_id)
+    if service is not None:
+        if service.id in service_ups:
+            return service_ups[service.id]
+        if service.upstream_id is not None:
+            return shared.get(service.upstream_id)
+    return None

@@ -1,0 +1,638 @@
+"""One proxied request: pick a node, send the request, stream the response back, retry on failure.
+
+The exchange sits between the client connection (ando/http/server.py) and an upstream connection
+(ando/http/upstream.py) and relays events between them with no coroutine per request: bodies flow
+chunk by chunk in both directions, and each side's write buffer filling up pauses reading on the
+other side, so a 1 GB transfer keeps memory flat.
+
+The client's body is not read until an upstream connection is ready, so a failed connect can move
+to the next node without losing anything. Once body bytes went out, a retry needs them again:
+idempotent requests keep up to REPLAY_LIMIT bytes for that; beyond it a failure after sending is
+final (502/504). A non-idempotent request (POST, PATCH, ...) is never sent twice: once its head went
+out to a node, a failure is final, as nginx's `proxy_next_upstream` without `non_idempotent`.
+A pooled keep-alive connection that turns out to be dead before any response byte (the upstream
+closed it while idle, as we reused it) costs one more try on the same node over a new connection,
+not an attempt (nginx gives a failed cached connection an extra try too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from ando.http.server import HttpConnection, Request, json_error, reason_phrase
+from ando.http.upstream import UpstreamConnection, open_connection
+from ando.proxy.balancer import Node
+from ando.proxy.compiled import RouteRuntime, UpstreamRuntime
+from ando.proxy.variables import Vars
+
+if TYPE_CHECKING:
+    from ando.proxy.gateway import Gateway
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+REPLAY_LIMIT = 64 * 1024
+TUNNEL_HOLD_LIMIT = 64 * 1024
+# While the client does not take the response (its write buffer is full and the upstream paused),
+# the upstream read timeout does not apply; this one does, as nginx's send_timeout.
+CLIENT_SEND_TIMEOUT = 60.0
+
+# Request headers never forwarded as received: hop-by-hop ones, and those the gateway sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-real-ip",
+    }
+)
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+
+# States
+_CONNECTING, _SENDING, _WAITING, _RESPONDING, _TUNNEL, _DONE = range(6)
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+class ProxyExchange:
+    __slots__ = (
+        "_client_paused",
+        "_held",
+        "_replay",
+        "_replay_size",
+        "attempts",
+        "body_done",
+        "body_started",
+        "bytes_sent",
+        "chunk_in",
+        "chunk_out",
+        "close_after",
+        "conn",
+        "counted",
+        "deadline",
+        "gateway",
+        "keep_alive",
+        "no_body",
+        "node",
+        "pending_head",
+        "req",
+        "resp_framed",
+        "reused",
+        "route",
+        "sent",
+        "started",
+        "state",
+        "status",
+        "tried",
+        "up",
+        "upgrade",
+        "upstream",
+        "upstream_latency",
+        "upstream_start",
+        "upstream_status",
+        "vars",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        conn: HttpConnection,
+        req: Request,
+        route: RouteRuntime,
+        upstream: UpstreamRuntime,
+        vars_: Vars,
+    ) -> None:
+        self.gateway = gateway
+        self.conn = conn
+        self.req = req
+        self.route = route
+        self.upstream = upstream
+        self.vars = vars_
+        self.up: UpstreamConnection | None = None
+        self.node: Node | None = None
+        self.tried: set[Node] = set()
+        self.attempts = 0
+        self.state = _CONNECTING
+        self.started = time.monotonic()
+        self.deadline: float | None = None
+        self.body_started = False
+        self.body_done = not req.has_body
+        self.sent = False  # a request head went out to a node (non-idempotent: no retry then)
+        self.reused = False  # this attempt's connection came from the keep-alive pool
+        self.counted = False  # balancer.on_start was called for self.node, on_finish not yet
+        self.chunk_in = req.chunked
+        self.chunk_out = False
+        self.close_after = False
+        self.no_body = False
+        self.resp_framed = True
+        self.keep_alive = True
+        self.status = 0
+        self.pending_head: bytes | None = None
+        self.upstream_status = 0
+        self.bytes_sent = 0
+        self.upstream_start = 0.0
+        self.upstream_latency: float | None = None
+        self._replay: list[bytes] | None = [] if req.method in IDEMPOTENT else None
+        self._replay_size = 0
+        self._client_paused = False
+        self.upgrade = req.upgrade and route.websocket
+        self._held: list[bytes] | None = [] if req.upgrade else None
+
+    # --- starting an attempt ----------------------------------------------------------------
+
+    def start(self) -> None:
+        req = self.req
+        if not req.has_body:
+            # Nothing to hold back: take the request now, so that the client going away and
+            # its flow control (pause/resume) reach this exchange from the start. Bytes that
+            # followed an Upgrade request (queued by the server while no exchange existed) are
+            # held for the tunnel, never parsed as a body.
+            parts, req.body_parts = req.body_parts, None
+            if parts and req.upgrade:
+                self._held = [*(self._held or ()), *parts]
+            req.attach(self)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        node = self.upstream.balancer.pick(self.vars, self.tried)
+        if node is None:
+            if self.attempts == 0:
+                self._respond_error(503, "503 Service Unavailable: no upstream node available")
+            else:
+                self._respond_error(502, "502 Bad Gateway")
+            return
+        self.node = node
+        self.attempts += 1
+        self.vars.upstream_addr = node.addr
+        self.upstream_start = time.monotonic()
+        up = self.gateway.pool.acquire(self._pool_key(node))
+        if up is not None:
+            self.reused = True
+            self._use(up)
+            return
+        self._connect(node)
+
+    def _connect(self, node: Node) -> None:
+        self.reused = False
+        self.state = _CONNECTING
+        task = self.gateway.loop.create_task(
+            open_connection(
+                self.gateway.loop,
+                node.host,
+                node.port,
+                node.addr,
+                self.route.timeout.connect,
+                self.upstream.tls,
+                node.host,
+            )
+        )
+        task.add_done_callback(self._connected)
+
+    def _pool_key(self, node: Node) -> str:
+        return node.addr if self.upstream.tls is None else "tls:" + node.addr
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        if task.cancelled():
+            exc: BaseException | None = ConnectionError("cancelled")
+        else:
+            exc = task.exception()
+        if self.state == _DONE:
+            if exc is None:
+                self.gateway.pool.release(self._pool_key(self.node), task.result(), self.upstream.pool)  # type: ignore[arg-type]
+            return
+        if exc is not None:
+            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self._attempt_failed(kind, f"connect to {self.node.addr if self.node else '?'}: {exc!r}")
+            return
+        self._use(task.result())
+
+    def _use(self, up: UpstreamConnection) -> None:
+        self.up = up
+        up.listener = self
+        up.requests += 1
+        up.expect_head = self.req.method == "HEAD"
+        assert self.node is not None
+        if not self.counted:
+            self.upstream.balancer.on_start(self.node)
+            self.counted = True
+        self.state = _SENDING
+        up.write(self._request_head())
+        self.sent = True
+        req = self.req
+        if req.has_body:
+            if req.exchange is None:
+                if req.expect_continue and not req.body_done and not req.body_parts:
+                    self.conn.send_continue()
+                req.attach(self)  # replays what the server buffered, then streams
+            else:
+                # A retry: what this exchange received so far goes out again (the rest streams).
+                if self._replay:
+                    for part in self._replay:
+                        up.write(self._frame(part))
+                if self.body_done:
+                    self._send_body_end()
+            self.conn.resume_reading()
+        if self.body_done:
+            self.state = _WAITING
+            self._arm(self.route.timeout.read)
+        else:
+            self._arm(self.route.timeout.send)
+        # Bytes after an Upgrade request stay in self._held until the 101 arrives.
+
+    def _request_head(self) -> bytes:
+        req = self.req
+        up = self.upstream
+        node = self.node
+        assert node is not None
+        target = req.path.encode()
+        if req.query:
+            target += b"?" + req.query
+        if req.path == "*":
+            target = b"*"
+        lines = [req.method.encode() + b" " + target + b" HTTP/1.1\r\n"]
+        # Host, by pass_host.
+        if up.pass_host == "rewrite" and up.upstream_host:
+            host = up.upstream_host
+        elif up.pass_host == "node" or req.raw_host is None:
+            host = node.addr.encode() if node.port not in (80, 443) else node.host.encode()
+        else:
+            host = req.raw_host
+        lines.append(b"Host: " + host + b"\r\n")
+        tokens: set[bytes] | None = None
+        xff: bytes | None = None
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname in _DROP_REQUEST:
+                if lname == b"connection":
+                    tokens = _connection_tokens(value)
+                elif lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                continue
+            if tokens is not None and lname in tokens:
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        if tokens:  # Connection may come after the headers it names: filter again
+            lines = [
+                ln for ln in lines if ln.split(b":", 1)[0].lower() not in tokens or ln is lines[0]
+            ]
+        client = req.client_addr.encode()
+        lines.append(b"X-Forwarded-For: " + (xff + b", " + client if xff else client) + b"\r\n")
+        lines.append(b"X-Real-IP: " + client + b"\r\n")
+        lines.append(b"X-Forwarded-Proto: " + req.scheme.encode() + b"\r\n")
+        lines.append(b"X-Forwarded-Host: " + req.host.encode() + b"\r\n")
+        lines.append(b"X-Forwarded-Port: %d\r\n" % req.server_port)
+        if self.upgrade:
+            lines.append(b"Connection: upgrade\r\n")
+            upgrade = req.header(b"upgrade")
+            if upgrade is not None:
+                lines.append(b"Upgrade: " + upgrade + b"\r\n")
+        if req.chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        elif req.content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % req.content_length)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _frame(self, data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunk_in else data
+
+    # --- client side events -----------------------------------------------------------------
+
+    def on_body(self, data: bytes) -> None:
+        if self.state == _DONE:
+            return
+        self.body_started = True
+        if self._replay is not None:
+            self._replay_size += len(data)
+            if self._replay_size > REPLAY_LIMIT:
+                self._replay = None
+            else:
+                self._replay.append(data)
+        up = self.up
+        if up is None:  # between attempts: nothing to send to yet
+            self.conn.pause_reading()
+            return
+        up.write(self._frame(data))
+        self._arm(self.route.timeout.send)
+        if up.writing_paused:
+            self.conn.pause_reading()
+
+    def on_body_end(self) -> None:
+        self.body_done = True
+        if self.state == _DONE or self.up is None:
+            return
+        self._send_body_end()
+        if self.state == _SENDING:
+            self.state = _WAITING
+            self._arm(self.route.timeout.read)
+
+    def _send_body_end(self) -> None:
+        if self.chunk_in and self.up is not None:
+            self.up.write(b"0\r\n\r\n")
+
+    def on_client_pause(self) -> None:
+        self._client_paused = True
+        if self.up is not None:
+            self.up.pause_reading()
+        if self.state == _RESPONDING:
+            # Waiting on the client now, not on the upstream.
+            self._arm(CLIENT_SEND_TIMEOUT)
+
+    def on_client_resume(self) -> None:
+        self._client_paused = False
+        if self.up is not None:
+            self.up.resume_reading()
+        if self.state == _RESPONDING:
+            self._arm(self.route.timeout.read)
+
+    def on_client_lost(self) -> None:
+        if self.state == _DONE:
+            return
+        if self.status == 0:
+            self.status = 499  # nginx's "client closed request"
+        self._discard_upstream()
+        self._done(keep_alive=False, failed=False)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        if self.state == _TUNNEL:
+            if self.up is not None:
+                self.up.write(data)
+                if self.up.writing_paused:
+                    self.conn.pause_reading()
+            return
+        # Bytes after an Upgrade request: held until the upstream answers 101.
+        if self._held is None:
+            self._held = []
+        self._held.append(data)
+        if sum(len(p) for p in self._held) > TUNNEL_HOLD_LIMIT:
+            self.conn.pause_reading()
+
+    # --- upstream side events ---------------------------------------------------------------
+
+    def on_upstream_pause(self) -> None:
+        self.conn.pause_reading()
+
+    def on_upstream_resume(self) -> None:
+        self.conn.resume_reading()
+
+    def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.upstream_status = status
+        self.upstream_latency = time.monotonic() - self.upstream_start
+        req = self.req
+        if status == 101 and not self.upgrade:
+            # An upgrade nobody asked for (or not allowed on this route): refuse it.
+            self._discard_upstream()
+            self._respond_error(502, "502 Bad Gateway: unexpected protocol switch")
+            return
+        self.state = _RESPONDING
+        self.status = status
+        out = [b"HTTP/1.1 %d " % status + (reason or reason_phrase(status).encode()) + b"\r\n"]
+        tokens: set[bytes] | None = None
+        length: bytes | None = None
+        chunked = False
+        upgrade_value: bytes | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _HOP_BY_HOP:
+                if lname == b"connection":
+                    tokens = _connection_tokens(value)
+                elif lname == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if lname == b"content-length":
+                length = value
+            out.append(name + b": " + value + b"\r\n")
+        if tokens:
+            first = out[0]
+            out = [first] + [
+                ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in tokens
+            ]
+        if status == 101:
+            out.append(b"Connection: upgrade\r\n")
+            if upgrade_value is not None:
+                out.append(b"Upgrade: " + upgrade_value + b"\r\n")
+            out.append(b"\r\n")
+            self.conn.write(b"".join(out))
+            return
+        self.no_body = req.method == "HEAD" or status in (204, 304)
+        self.resp_framed = self.no_body or length is not None or chunked
+        keep = req.keep_alive and not self.gateway.draining
+        if self.no_body:
+            pass
+        elif length is not None and not chunked:
+            pass
+        elif req.version == "1.1":
+            self.chunk_out = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            keep = False  # an HTTP/1.0 client: the end of the body is the end of the connection
+            self.close_after = True
+        if req.upgrade and not self.upgrade:
+            keep = False  # bytes after the Upgrade request were never HTTP we could parse
+        if not keep:
+            out.append(b"Connection: close\r\n")
+        elif req.version == "1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        self.keep_alive = keep
+        out.append(b"\r\n")
+        head = b"".join(out)
+        self.bytes_sent += len(head)
+        # Held until the body (usually in the same read) or the end of this read: one write,
+        # one syscall, for a whole small response.
+        self.pending_head = head
+        self._arm(self.route.timeout.read)
+
+    def on_upstream_flush(self) -> None:
+        """The upstream read that delivered the head is fully parsed: don't sit on the head."""
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            self.conn.write(head)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.state != _RESPONDING or self.no_body:
+            return
+        if self.chunk_out:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.bytes_sent += len(data)
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            data = head + data
+        self._arm(self.route.timeout.read)
+        self.conn.write(data)  # may pause the client side (on_client_pause re-arms the deadline)
+        if self.conn.writing_paused and self.up is not None:
+            self.up.pause_reading()
+
+    def on_upstream_done(self, reusable: bool) -> None:
+        if self.state != _RESPONDING:
+            return
+        head, self.pending_head = self.pending_head, None
+        if self.chunk_out:
+            self.conn.write(head + b"0\r\n\r\n" if head else b"0\r\n\r\n")
+            self.bytes_sent += 5
+        elif head is not None:
+            self.conn.write(head)
+        up, self.up = self.up, None
+        if up is not None:
+            if reusable and self.body_done:
+                self.gateway.pool.release(self._pool_key(self.node), up, self.upstream.pool)  # type: ignore[arg-type]
+            else:
+                up.close()
+        self._done(keep_alive=self.keep_alive, failed=False)
+
+    def on_upstream_upgrade(self, rest: bytes) -> None:
+        if not self.upgrade or self.state == _DONE:
+            self._discard_upstream()
+            return
+        self.state = _TUNNEL
+        self.deadline = None
+        self.gateway.untrack(self)
+        self.conn.start_tunnel(self)
+        held, self._held = self._held, None
+        if held and self.up is not None:
+            for part in held:
+                self.up.write(part)
+        if rest:
+            self.conn.write(rest)
+
+    def on_upstream_tunnel_data(self, data: bytes) -> None:
+        self.conn.write(data)
+        if self.conn.writing_paused and self.up is not None:
+            self.up.pause_reading()
+
+    def on_upstream_error(self, message: str) -> None:
+        if self.state == _DONE:
+            return
+        self._discard_upstream()
+        if self.state == _RESPONDING:  # head already forwarded: the client must see a failure
+            self.conn.abort()
+            self._done(keep_alive=False, failed=True)
+            return
+        self._attempt_failed("invalid", message)
+
+    def on_upstream_lost(self) -> None:
+        if self.state == _DONE:
+            return
+        self.up = None
+        if self.state == _TUNNEL:
+            self.conn.close()
+            self._done(keep_alive=False, failed=False)
+            return
+        if self.state == _RESPONDING:
+            if self.resp_framed:
+                # A Content-Length or chunked body cut short: the client must not take it as
+                # complete, so its connection is cut too.
+                self.conn.abort()
+                self._done(keep_alive=False, failed=True)
+            else:
+                # Read-until-close framing: EOF ends the body.
+                self.on_upstream_flush()
+                if self.chunk_out:
+                    self.conn.write(b"0\r\n\r\n")
+                self._done(keep_alive=self.keep_alive and not self.close_after, failed=False)
+            return
+        self._attempt_failed("error", "upstream closed the connection before responding")
+
+    # --- timeouts ---------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self.deadline = self.gateway.loop.time() + seconds
+        self.gateway.track(self)
+
+    def on_timeout(self) -> None:
+        if self.state == _DONE:
+            return
+        self.deadline = None
+        if self.state == _RESPONDING:
+            self._discard_upstream()
+            self.conn.abort()
+            self._done(keep_alive=False, failed=True)
+            return
+        if self.state == _CONNECTING:
+            return  # the connect has its own timeout
+        self._discard_upstream()
+        self._attempt_failed("timeout", "upstream timed out")
+
+    # --- failure, retry, completion ---------------------------------------------------------
+
+    def _attempt_failed(self, kind: str, message: str) -> None:
+        self._discard_upstream()
+        up = self.upstream
+        within = up.retry_timeout <= 0 or time.monotonic() - self.started < up.retry_timeout
+        if self.req.method in IDEMPOTENT:
+            replayable = self._replay is not None or not self.body_started
+        else:
+            replayable = not self.sent
+        node = self.node
+        if kind == "error" and self.reused and node is not None and replayable and within:
+            # A pooled connection that died before any response byte: the upstream closed it
+            # while it sat idle. Once, the same node again over a new connection.
+            self._connect(node)
+            return
+        if node is not None:
+            self.tried.add(node)
+            if not self.counted:  # a failed connect: the balancer still learns of the failure
+                self.upstream.balancer.on_start(node)
+                self.counted = True
+            self._release_node(failed=True)
+            self.gateway.log_event("upstream_failed", node=node.addr, kind=kind, detail=message)
+        if kind != "invalid" and self.attempts < up.max_attempts and within and replayable:
+            self._attempt()
+            return
+        if kind == "timeout":
+            self._respond_error(504, "504 Gateway Time-out")
+        else:
+            self._respond_error(502, "502 Bad Gateway")
+
+    def _release_node(self, *, failed: bool) -> None:
+        """Tell the balancer the request to self.node is over (exactly once per on_start)."""
+        if self.counted:
+            self.counted = False
+            node = self.node
+            assert node is not None
+            self.upstream.balancer.on_finish(node, time.monotonic() - self.upstream_start, failed)
+
+    def _discard_upstream(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.abort()
+
+    def _respond_error(self, status: int, message: str) -> None:
+        if self.state == _DONE:
+            return
+        self.state = _DONE
+        self.deadline = None
+        self.gateway.untrack(self)
+        self.status = status
+        close = not self.body_done or self.req.upgrade
+        body = json_error(status, message)
+        self.bytes_sent += self.conn.send_simple(self.req, status, body, close=close)
+        self.gateway.request_finished(self)
+
+    def _done(self, *, keep_alive: bool, failed: bool) -> None:
+        if self.state == _DONE:
+            return
+        self.state = _DONE
+        self.deadline = None
+        self.gateway.untrack(self)
+        self._release_node(failed=failed)
+        self.gateway.request_finished(self)
+        self.conn.finish(self.req, keep_alive)

@@ -1,0 +1,229 @@
+"""The per-worker gateway: owns the current compiled config and serves each request with it.
+
+`swap` replaces the config with one reference assignment; a request keeps the RouteRuntime it was
+matched with, so requests in flight finish on the config they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ando.config.snapshot import Listener, Snapshot
+from ando.http.server import HttpConnection, Limits, Request, json_error
+from ando.http.tls import CertTable, server_context
+from ando.http.upstream import UpstreamPool
+from ando.observability.access_log import AccessLog
+from ando.proxy.compiled import RuntimeConfig
+from ando.proxy.exchange import ProxyExchange
+from ando.proxy.variables import Vars
+
+_NOT_FOUND = json_error(404, "404 Route Not Found")
+_NO_UPSTREAM = json_error(503, "503 Service Unavailable: missing upstream configuration in Route or Service")
+_TIMEOUT_SWEEP = 0.25
+
+
+def limits_from(settings: Mapping[str, Any]) -> Limits:
+    return Limits(
+        header_timeout=float(settings.get("header_timeout", 60)),
+        max_header_size=int(settings.get("max_header_size", 32768)),
+        max_header_lines=int(settings.get("max_header_lines", 100)),
+        max_request_line=int(settings.get("max_request_line", 8192)),
+        max_body_size=int(settings.get("max_body_size", 0)),
+        keepalive_timeout=float(settings.get("keepalive_timeout", 75)),
+    )
+
+
+class Gateway:
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.loop = asyncio.get_event_loop()
+        self.pool = UpstreamPool(self.loop)
+        self.connections: set[HttpConnection] = set()
+        self.inflight = 0
+        self.draining = False
+        self._tracked: set[ProxyExchange] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Event | None = None
+        self.access_log: AccessLog | None = None
+        self.certs: CertTable | None = None
+        self.config: RuntimeConfig | None = None
+        self.limits: Limits
+        self.swap(snapshot)
+
+    # --- config -------------------------------------------------------------------------------
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Build everything first, then switch with plain assignments (no await in between)."""
+        config = RuntimeConfig(snapshot)
+        limits = limits_from(snapshot.node.limits)
+        certs = self.certs
+        if certs is None or getattr(self, "config", None) is None or (
+            snapshot.ssls != self.config.snapshot.ssls
+        ):
+            certs = CertTable(snapshot.ssls.values())
+        log_settings = snapshot.node.observability.get("access_log", {})
+        enabled = log_settings.get("enabled", True)
+        path = log_settings.get("path", "stdout")
+        access_log = self.access_log
+        if not enabled:
+            access_log = None
+        elif access_log is None or access_log.path != path:
+            access_log = AccessLog(path, self.loop)
+        old_log = self.access_log
+        self.config, self.limits, self.access_log, self.certs = config, limits, access_log, certs
+        for conn in self.connections:
+            conn.limits = limits
+        if old_log is not None and old_log is not access_log:
+            old_log.close()
+
+    def ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
+        """For `tls: true` listeners: certificates by SNI from the current config's ssls."""
+        if not listener.tls:
+            return None
+        return server_context(lambda: self.certs)  # type: ignore[arg-type,return-value]
+
+    def protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        scheme = "https" if listener.tls else "http"
+
+        def make() -> HttpConnection:
+            conn = HttpConnection(self, self.limits, scheme=scheme, on_close=self.connections.discard)
+            self.connections.add(conn)
+            if self.draining:
+                self.loop.call_soon(conn.begin_drain)
+            return conn
+
+        return make
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def on_request(self, conn: HttpConnection, req: Request) -> None:
+        self.inflight += 1
+        config = self.config
+        v = Vars(req)
+        match = config.router.match(req.method, req.host, req.path, req.client_addr, v.get)
+        if match is None:
+            sent = conn.send_simple(req, 404, _NOT_FOUND)
+            self._log(req, 404, sent, None, None)
+            return
+        route = match.entry.payload
+        v.route_id = route.id
+        v.service_id = route.service_id
+        upstream = route.upstream
+        if upstream is None:
+            sent = conn.send_simple(req, 503, _NO_UPSTREAM)
+            self._log(req, 503, sent, route.id, route.service_id)
+            return
+        ProxyExchange(self, conn, req, route, upstream, v).start()
+
+    def request_finished(self, ex: ProxyExchange) -> None:
+        req = ex.req
+        self.inflight -= 1
+        log = self.access_log
+        if log is not None:
+            now = time.time()
+            log.write(
+                {
+                    "time": log.timestamp(now),
+                    "request_id": _header_text(req, b"x-request-id"),
+                    "client_addr": req.client_addr,
+                    "method": req.method,
+                    "host": req.host,
+                    "path": req.path,
+                    "status": ex.status,
+                    "bytes_sent": ex.bytes_sent,
+                    "upstream_addr": ex.node.addr if ex.node is not None else None,
+                    "upstream_status": ex.upstream_status or None,
+                    "latency": round(self.loop.time() - req.start, 6),
+                    "upstream_latency": round(ex.upstream_latency, 6)
+                    if ex.upstream_latency is not None
+                    else None,
+                    "route_id": ex.route.id,
+                    "service_id": ex.route.service_id,
+                }
+            )
+        self._check_idle()
+
+    def _log(self, req: Request, status: int, sent: int, route_id: str | None, service_id: str | None) -> None:
+        self.inflight -= 1
+        log = self.access_log
+        if log is not None:
+            log.write(
+                {
+                    "time": log.timestamp(time.time()),
+                    "request_id": _header_text(req, b"x-request-id"),
+                    "client_addr": req.client_addr,
+                    "method": req.method,
+                    "host": req.host,
+                    "path": req.path,
+                    "status": status,
+                    "bytes_sent": sent,
+                    "upstream_addr": None,
+                    "upstream_status": None,
+                    "latency": round(self.loop.time() - req.start, 6),
+                    "upstream_latency": None,
+                    "route_id": route_id,
+                    "service_id": service_id,
+                }
+            )
+        self._check_idle()
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": "warn", "event": event}
+        record.update(fields)
+        sys.stderr.write(orjson.dumps(record).decode() + "\n")
+
+    # --- timeouts -----------------------------------------------------------------------------
+
+    def track(self, ex: ProxyExchange) -> None:
+        """Exchanges with a deadline are checked by one sweep every 250 ms, not a timer each."""
+        self._tracked.add(ex)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(_TIMEOUT_SWEEP, self._sweep)
+
+    def untrack(self, ex: ProxyExchange) -> None:
+        self._tracked.discard(ex)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        for ex in [e for e in self._tracked if e.deadline is not None and e.deadline <= now]:
+            self._tracked.discard(ex)
+            try:
+                ex.on_timeout()
+            except Exception as e:  # never let one request's failure stop the sweep
+                self.log_event("timeout_handler_failed", error=repr(e))
+        if self._tracked:
+            self._sweeper = self.loop.call_later(_TIMEOUT_SWEEP, self._sweep)
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.begin_drain()
+        self.pool.close_all()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline:
+            if self.inflight <= 0 and all(c.idle for c in self.connections):
+                return True
+            await asyncio.sleep(0.05)
+        return self.inflight <= 0
+
+    def _check_idle(self) -> None:
+        if self.draining and self.inflight <= 0:
+            for conn in list(self.connections):
+                if conn.idle:
+                    conn.close()
+
+
+def _header_text(req: Request, name: bytes) -> str | None:
+    value = req.header(name)
+    return value.decode("latin-1") if value is not None else None

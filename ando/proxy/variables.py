@@ -1,0 +1,80 @@
+"""APISIX's request variables (`uri`, `host`, `arg_x`, `http_x_y`, `cookie_z`, ...), computed lazily.
+
+Route `vars`, chash keys and (later) plugins read variables by name. Most requests read none, so
+nothing is parsed until asked: the query string and the Cookie header are parsed on first use.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, unquote
+
+from ando.http.server import Request
+
+
+class Vars:
+    __slots__ = ("_args", "_cookies", "req", "route_id", "service_id", "upstream_addr")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self._args: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self.route_id: str | None = None
+        self.service_id: str | None = None
+        self.upstream_addr: str | None = None
+
+    def get(self, name: str) -> str | None:
+        req = self.req
+        simple = _SIMPLE.get(name)
+        if simple is not None:
+            return simple(self)
+        if name.startswith("http_"):
+            want = name[5:].replace("_", "-").encode().lower()
+            value = req.header(want)
+            return value.decode("latin-1") if value is not None else None
+        if name.startswith("arg_"):
+            if self._args is None:
+                self._args = {}
+                for k, v in parse_qsl(req.query.decode("latin-1"), keep_blank_values=True):
+                    self._args.setdefault(k, v)
+            return self._args.get(name[4:])
+        if name.startswith("cookie_"):
+            if self._cookies is None:
+                self._cookies = _parse_cookies(req.header(b"cookie"))
+            return self._cookies.get(name[7:])
+        return None
+
+    __call__ = get
+
+
+def _parse_cookies(raw: bytes | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for part in raw.decode("latin-1").split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep and k and k not in out:
+            out[k] = v.strip()
+    return out
+
+
+def _query(v: Vars) -> str | None:
+    return v.req.query.decode("latin-1") if v.req.query else None
+
+
+_SIMPLE = {
+    "uri": lambda v: v.req.path,
+    "request_uri": lambda v: v.req.target.decode("latin-1"),
+    "host": lambda v: v.req.host,
+    "remote_addr": lambda v: v.req.client_addr,
+    "remote_port": lambda v: str(v.req.client_port),
+    "server_port": lambda v: str(v.req.server_port),
+    "request_method": lambda v: v.req.method,
+    "scheme": lambda v: v.req.scheme,
+    "args": _query,
+    "query_string": _query,
+    "server_protocol": lambda v: f"HTTP/{v.req.version}",
+    "route_id": lambda v: v.route_id,
+    "service_id": lambda v: v.service_id,
+    "upstream_addr": lambda v: v.upstream_addr,
+    "request_path": lambda v: unquote(v.req.path),
+}
