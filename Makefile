@@ -25,7 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check ando tests bench
 	$(BIN)/ruff format --check ando tests bench
 
+# Load benchmarks: `ando validate` timing, then Ando against nginx as a proxy (wrk). Pass options
+# to the proxy benchmark with BENCH_ARGS, e.g. make bench BENCH_ARGS="--runs 1 --only nginx,ando".
 bench: bench-validate
+	@build/ensure-apt.sh nginx wrk
+	$(BIN)/python bench/proxy_bench.py $(BENCH_ARGS)
 
 bench-validate: $(STAMP)
 	$(BIN)/python bench/validate_bench.py

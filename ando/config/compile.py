@@ -207,7 +207,9 @@ def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:
             continue
         seen[(host, port)] = i
         if spec.get("http2"):
-            b.error(("ando", "listen", i, "http2"), "HTTP/2 is not supported yet; remove http2: true")
+            b.error(
+                ("ando", "listen", i, "http2"), "HTTP/2 is not supported yet; remove http2: true"
+            )
         listeners.append(
             Listener(host, port, bool(spec.get("tls", False)), bool(spec.get("http2", False)))
         )

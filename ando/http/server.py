@@ -9,11 +9,17 @@ llhttp accepts requests a gateway must refuse, and it has no size limits, so thi
 Ando is stricter than the parser: HTTP/1.0 and 1.1 only, exactly one valid Host on 1.1, no
 Transfer-Encoding on 1.0 and nothing but `chunked`, no `_` in header names, a bounded request
 line, header block and header count, a header timeout and an idle keep-alive timeout. A refused
-request is answered (400/405/408/413/414/431/501) and the connection closed; it never reaches an
-upstream.
+request is answered (400/405/408/413/414/417/431/501/505, a JSON error_msg) and the connection
+closed after it; it never reaches an upstream. A body that breaks (or outgrows the limit) after
+its head was handed over is refused the same way when no response has begun, and its exchange is
+told the client is gone, so the upstream connection is aborted, never reused.
 
 Pipelining: requests parsed while another is in flight wait in a queue, their bodies buffered,
-and reading pauses so the queue stays small; responses go out strictly in order.
+and reading pauses so the queue stays small; responses go out strictly in order, a refusal
+included (the requests before it are served, nothing after it is read).
+
+After an Upgrade request, bytes are not HTTP: they are held for the exchange until the upstream
+answers 101 (then the connection is a tunnel), and the connection closes if it declines.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from email.utils import formatdate
 from typing import Any, Protocol
 
 import httptools
+import orjson
 
 from ando.http.path import BadTarget, split_target
 
@@ -35,11 +42,11 @@ PIPELINE_BUFFER = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
-# Bytes of a Host (RFC 3986 reg-name: unreserved, sub-delims, pct-encoded; IP literals apart).
-# Checked with bytes.translate (deleting the allowed bytes must leave nothing): no regex per request.
+# Bytes of a Host (RFC 3986 reg-name: unreserved, sub-delims, pct-encoded; IP literals apart),
+# checked with bytes.translate (deleting the allowed bytes leaves nothing): no per-request regex.
 _REG_NAME = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%"
 _IP_LITERAL = b"0123456789abcdefABCDEF:."
-# Bytes held after an Upgrade request, before the upstream switches protocols, before we stop reading.
+# Bytes after an Upgrade request held (until the upstream switches) before we stop reading.
 UPGRADE_HOLD = 64 * 1024
 _REASONS = {
     100: "Continue",
@@ -74,9 +81,27 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
+_host_cache: dict[bytes, str] = {}
+
+
 def parse_host(raw: bytes) -> str | None:
     """A Host value (or an absolute-form authority) as nginx's $host: lower-case, without the
-    port and without one trailing dot. None when it is not a valid host[:port]."""
+    port and without one trailing dot. None when it is not a valid host[:port].
+
+    Clients send the same few Host values over and over: valid ones are cached (bounded, so
+    random hosts only churn the cache)."""
+    host = _host_cache.get(raw)
+    if host is not None:
+        return host
+    host = _parse_host(raw)
+    if host is not None:
+        if len(_host_cache) >= 1024:
+            _host_cache.clear()
+        _host_cache[raw] = host
+    return host
+
+
+def _parse_host(raw: bytes) -> str | None:
     if raw[:1] == b"[":
         end = raw.find(b"]")
         if end < 2 or raw[1:end].translate(None, _IP_LITERAL):
@@ -253,8 +278,7 @@ def http_date() -> bytes:
 
 
 def json_error(status: int, message: str) -> bytes:
-    import orjson
-
+    """The gateway's error body, APISIX's shape: {"error_msg": "404 Route Not Found"}."""
     return orjson.dumps({"error_msg": message})
 
 
@@ -267,11 +291,15 @@ class HttpConnection(asyncio.Protocol):
         "_deadline",
         "_dispatching",
         "_head_bytes",
+        "_header_bytes",
         "_header_lines",
         "_parsing",
         "_pending",
         "_read_paused",
+        "_refused",
+        "_responded",
         "_timer",
+        "_upgrading",
         "_url_parts",
         "_write_paused",
         "client_addr",
@@ -309,10 +337,14 @@ class HttpConnection(asyncio.Protocol):
         self._pending: deque[Request] = deque()  # pipelined requests waiting their turn
         self._url_parts: list[bytes] = []
         self._head_bytes = 0
+        self._header_bytes = 0
         self._header_lines = 0
         self._read_paused = False
         self._write_paused = False
         self._closing = False
+        self._refused = False  # a request was refused: nothing after it is read or parsed
+        self._responded = False  # bytes of the current request's response were written
+        self._upgrading: Request | None = None  # an Upgrade request waiting for its 101
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self.tunnel: Exchange | None = None
@@ -340,68 +372,69 @@ class HttpConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.on_tunnel_data(data)
             return
-        if self._closing:
+        if self._closing or self._refused:
             return
-        in_head = self._parsing is None or self._parsing.method == ""
+        if self._upgrading is not None:
+            self._hold_upgrade_bytes(data)
+            return
+        parsing = self._parsing
+        in_head = parsing is None or parsing.method == ""
         if in_head:
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except _Refuse as r:
             self._refuse(r.status, r.message)
+            return
         except httptools.HttpParserUpgrade as e:
-            offset = e.args[0]
-            req = self._parsing
-            rest = data[offset:]
-            if req is not None and req.exchange is not None and rest:
-                # Bytes after an Upgrade request: held by the exchange until the upstream
-                # answers 101 (never interpreted as HTTP).
-                req.exchange.on_tunnel_data(rest)
-            elif req is not None and rest:
-                req.body_parts = [*(req.body_parts or []), rest]
+            self._upgrade(data[e.args[0] :])
+            return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _Refuse):
                 self._refuse(cause.status, cause.message)
-            else:
-                self._refuse(400, "bad request")
-        except httptools.HttpParserError:
-            if self._parsing is not None and self._parsing.exchange is not None:
-                # The head was accepted and forwarded; its body is broken: abort both sides.
-                self._parsing.exchange.on_client_lost()
-                self.abort()
-            else:
-                self._refuse(400, "bad request")
+            else:  # a bug in a callback (ours, or an exchange's): fail this connection, loudly
+                import logging
+
+                logging.getLogger("ando.http").error("parser callback failed", exc_info=cause)
+                self._refuse(500, "Internal Server Error")
             return
-        # llhttp buffers a head of any size; bound it, counting only bytes read before the
-        # head completed (a body in the same read does not count).
+        except httptools.HttpParserError:
+            # A malformed head, or a malformed body after the head was accepted (and maybe
+            # forwarded): _refuse answers when it still can, and aborts the exchange.
+            self._refuse(400, "bad request")
+            return
+        # llhttp buffers a header line of any size before reporting it: bound the raw bytes of
+        # the head too (on_url and on_header count exactly; this catches a line that never ends).
+        # Only bytes read before the head completed count (a body in the same read does not).
         if (
             in_head
             and self._parsing is not None
             and self._parsing.method == ""
             and self._head_bytes > self.limits.max_request_line + self.limits.max_header_size
         ):
-            self._refuse(414 if self._header_lines == 0 else 431, "request head too large")
+            self._refuse(431, "request header fields too large")
 
     def eof_received(self) -> bool | None:
-        # A client half-close: let the response in flight finish, then close.
-        if self._current is None and self._parsing is None:
-            return None
-        if self._current is not None:
-            self._current.keep_alive = False
-        return True
+        # The client closed its side. As nginx does ("client prematurely closed connection"), a
+        # request in flight is abandoned (its exchange hears on_client_lost, the upstream is
+        # released): a FIN cannot be told from a full close, and abandoned requests must not
+        # hold upstream connections. Returning None closes the transport.
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for req in (self._current, *self._pending, self._parsing):
-            if req is not None and req.exchange is not None:
-                req.exchange.on_client_lost()
+        for req in (self._current, *self._pending, self._parsing, self._upgrading):
+            if req is not None:
+                req.lost = True
+                if req.exchange is not None:
+                    req.exchange.on_client_lost()
         if self.tunnel is not None:
             self.tunnel.on_client_lost()
-        self._current = self._parsing = None
+        self._current = self._parsing = self._upgrading = None
         self._pending.clear()
         if self.on_close is not None:
             self.on_close(self)
@@ -421,6 +454,9 @@ class HttpConnection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._closing:
+            # Pipelined after a response that closes the connection: never dispatched.
+            raise _Refuse(400, "request after the connection closed")
         req = Request()
         req.client_addr = self.client_addr
         req.client_port = self.client_port
@@ -430,35 +466,47 @@ class HttpConnection(asyncio.Protocol):
         self._parsing = req
         self._url_parts.clear()
         self._header_lines = 0
+        self._header_bytes = 0
         if self._current is None:
             self._arm(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url_parts.append(url)
-        if sum(len(p) for p in self._url_parts) > self.limits.max_request_line:
+        parts = self._url_parts
+        parts.append(url)
+        if len(parts) == 1:
+            if len(url) > self.limits.max_request_line:
+                raise _Refuse(414, "request line too long")
+        elif sum(len(p) for p in parts) > self.limits.max_request_line:
             raise _Refuse(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._parsing
         assert req is not None
+        limits = self.limits
         self._header_lines += 1
-        if self._header_lines > self.limits.max_header_lines:
+        if self._header_lines > limits.max_header_lines:
             raise _Refuse(431, "too many header lines")
+        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._header_bytes > limits.max_header_size:
+            raise _Refuse(431, "request header fields too large")
         if b"_" in name:
             raise _Refuse(400, "underscore in a header name")
+        # llhttp drops the OWS before a value, not the OWS after it (RFC 9110 5.5: not part of
+        # the value): strip it where the value is interpreted.
         lname = name.lower()
         if lname == b"host":
             if req.raw_host is not None:
                 raise _Refuse(400, "more than one Host header")
-            req.raw_host = value
+            req.raw_host = value.rstrip(b" \t")
         elif lname == b"transfer-encoding":
-            if req.chunked or value.strip().lower() != b"chunked":
+            if req.chunked or value.rstrip(b" \t").lower() != b"chunked":
                 raise _Refuse(501, "unsupported transfer encoding")
             req.chunked = True
         elif lname == b"content-length":
+            value = value.rstrip(b" \t")
             req.content_length = int(value) if value.isdigit() else -1
         elif lname == b"expect":
-            if value.strip().lower() != b"100-continue":
+            if value.rstrip(b" \t").lower() != b"100-continue":
                 raise _Refuse(417, "unsupported expectation")
             req.expect_continue = True
         req.headers.append((name, value))
@@ -469,38 +517,50 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise _Refuse(505 if version.startswith(("2", "3")) else 400, "unsupported HTTP version")
+            raise _Refuse(
+                505 if version.startswith(("2", "3")) else 400, "unsupported HTTP version"
+            )
         req.version = version
         req.method = parser.get_method().decode("ascii", "replace")
         if req.method == "CONNECT":
             raise _Refuse(405, "CONNECT is not allowed")
-        if req.chunked and version == "1.0":
-            raise _Refuse(400, "Transfer-Encoding on HTTP/1.0")
+        if version == "1.0":
+            if req.chunked:
+                raise _Refuse(400, "Transfer-Encoding on HTTP/1.0")
+            req.expect_continue = False  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
         if req.content_length == -1:
             raise _Refuse(400, "invalid Content-Length")
         max_body = self.limits.max_body_size
         if max_body and req.content_length is not None and req.content_length > max_body:
             raise _Refuse(413, "request body too large")
-        raw_host = req.raw_host
-        if raw_host is None:
-            if version == "1.1":
-                raise _Refuse(400, "missing Host header")
-        else:
-            if not _HOST_RE.match(raw_host):
-                raise _Refuse(400, "invalid Host header")
-            host = raw_host.decode("ascii").lower()
-            if host.startswith("["):
-                req.host = host[: host.index("]") + 1]
-            else:
-                req.host = host.partition(":")[0]
-        target = b"".join(self._url_parts) if len(self._url_parts) != 1 else self._url_parts[0]
+        parts = self._url_parts
+        target = parts[0] if len(parts) == 1 else b"".join(parts)
         req.target = target
         try:
             req.path, req.query = split_target(target)
         except BadTarget as e:
             raise _Refuse(e.status, e.reason) from None
-        if req.path == "*" and req.method != "OPTIONS":
-            raise _Refuse(400, "asterisk-form target needs OPTIONS")
+        raw_host = req.raw_host
+        if raw_host is None:
+            if version == "1.1":
+                raise _Refuse(400, "missing Host header")
+        else:
+            host = parse_host(raw_host)
+            if host is None:
+                raise _Refuse(400, "invalid Host header")
+            req.host = host
+        if target[:1] != b"/":
+            if req.path == "*":
+                if req.method != "OPTIONS":
+                    raise _Refuse(400, "asterisk-form target needs OPTIONS")
+            else:
+                # RFC 9112 3.2.2: the authority of an absolute-form target replaces Host, for
+                # routing and for the upstream alike.
+                authority = _authority(target)
+                host = parse_host(authority)
+                if host is None:
+                    raise _Refuse(400, "invalid host in request-target")
+                req.raw_host, req.host = authority, host
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
         self._head_bytes = 0
@@ -517,8 +577,6 @@ class HttpConnection(asyncio.Protocol):
         req.body_size += len(body)
         max_body = self.limits.max_body_size
         if max_body and req.body_size > max_body:
-            if req.exchange is not None:
-                req.exchange.on_client_lost()
             raise _Refuse(413, "request body too large")
         if req.exchange is not None:
             req.exchange.on_body(body)
@@ -545,6 +603,7 @@ class HttpConnection(asyncio.Protocol):
         """Hand `req` to the handler. A loop, not recursion: a handler that answers at once
         finishes the request, and the next pipelined one starts here, not deeper in the stack."""
         self._current = req
+        self._responded = False
         if self._dispatching:
             return
         self._dispatching = True
@@ -552,6 +611,10 @@ class HttpConnection(asyncio.Protocol):
             while True:
                 running = self._current
                 if running is None:
+                    return
+                if running.refusal is not None:  # refused while an earlier response was sent
+                    status, message = running.refusal
+                    self.send_simple(running, status, json_error(status, message), close=True)
                     return
                 try:
                     self.handler.on_request(self, running)
@@ -570,6 +633,7 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
+            self._responded = True
             self.transport.write(data)
 
     @property
@@ -612,10 +676,12 @@ class HttpConnection(asyncio.Protocol):
         return len(data)
 
     def send_continue(self) -> None:
-        self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        """The interim 100 response (not the start of the final response)."""
+        if self.transport is not None and not self._closing:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def finish(self, req: Request, keep_alive: bool) -> None:
-        """The response to `req` is complete: serve the next pipelined request, or idle, or close."""
+        """The response to `req` is complete: serve the next pipelined request, idle, or close."""
         if self._current is not req:
             return
         self._current = None
@@ -628,6 +694,10 @@ class HttpConnection(asyncio.Protocol):
             # answer): the rest of the body would be parsed as a request. Close instead.
             self.close()
             return
+        if self._upgrading is req:
+            # An Upgrade the upstream declined: what followed the request was never HTTP.
+            self.close()
+            return
         if self._pending:
             nxt = self._pending.popleft()
             if not self._pending:
@@ -635,12 +705,19 @@ class HttpConnection(asyncio.Protocol):
             self._start(nxt)
             return
         self._resume_reading()
-        self._arm(self.limits.keepalive_timeout if self._parsing is None else self.limits.header_timeout)
+        self._arm(
+            self.limits.keepalive_timeout if self._parsing is None else self.limits.header_timeout
+        )
 
     def start_tunnel(self, exchange: Exchange) -> None:
         """After a 101: every byte from now on is raw, both ways."""
         self.tunnel = exchange
         self._deadline = None
+        req, self._upgrading = self._upgrading, None
+        if req is not None and req.body_parts and req.exchange is None:
+            parts, req.body_parts = req.body_parts, None
+            for p in parts:
+                exchange.on_tunnel_data(p)
         self._resume_reading()
 
     def pause_reading(self) -> None:
@@ -664,7 +741,7 @@ class HttpConnection(asyncio.Protocol):
         if self._current is None and self._parsing is None and self.tunnel is None:
             self.close()
         elif self._current is not None:
-            self._current.keep_alive = False
+            (self._pending[-1] if self._pending else self._current).keep_alive = False
 
     @property
     def idle(self) -> bool:
@@ -673,21 +750,66 @@ class HttpConnection(asyncio.Protocol):
     # --- internals --------------------------------------------------------------------------
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request we will not serve, then close: the stream can no longer be trusted."""
-        if self._closing:
+        """Answer a request we will not serve, then close: the stream can no longer be trusted.
+
+        Nothing after it is read. A response already in flight for an earlier request is
+        finished first (and the pipelined requests before this one are served): this one's
+        answer waits its turn. When the refused request's head was already handed over (a body
+        that breaks, or grows too large, after its head was forwarded), its exchange is told the
+        client is gone, so the upstream connection is aborted and never reused.
+        """
+        if self._closing or self._refused:
             return
-        req = self._parsing or Request()
+        self._refused = True
+        self._pause_reading()
+        req = self._parsing
+        if req is None:
+            req = Request()
         if req.method == "":
             req.method = "GET"
-        # A response may already be in flight for an earlier request: answer only when it's done.
-        if self._current is not None and self._current is not req:
-            self._current.keep_alive = False
-            self._pending.clear()
-            self._pause_reading()
+        req.keep_alive = False
+        current = self._current
+        if current is not None and current is not req:
+            req.refusal = (status, f"{status} {message}")
+            if not self._pending or self._pending[-1] is not req:  # not queued yet
+                self._pending.append(req)
+            return
+        req.lost = True
+        ex = req.exchange
+        if current is req and self._responded:
+            # Its response has begun: there is no way to report an error but cutting it short.
+            if ex is not None:
+                ex.on_client_lost()
+            self.abort()
             return
         self._current = req
-        req.keep_alive = False
         self.send_simple(req, status, json_error(status, f"{status} {message}"), close=True)
+        if ex is not None:
+            ex.on_client_lost()
+
+    def _upgrade(self, rest: bytes) -> None:
+        """The parser stopped after an Upgrade request: what follows is not HTTP. Hold it for
+        the exchange until the upstream answers 101 (or declines, and the connection closes)."""
+        req = self._pending[-1] if self._pending else self._current
+        if req is None or not req.upgrade:
+            # Already answered (the handler refused it at once): nothing after it can be parsed.
+            self.close()
+            return
+        self._upgrading = req
+        if rest:
+            self._hold_upgrade_bytes(rest)
+
+    def _hold_upgrade_bytes(self, data: bytes) -> None:
+        req = self._upgrading
+        assert req is not None
+        if req.exchange is not None:
+            req.exchange.on_tunnel_data(data)  # the exchange holds them until the 101
+            return
+        if req.body_parts is None:
+            req.body_parts = []
+        req.body_parts.append(data)
+        if sum(len(p) for p in req.body_parts) > UPGRADE_HOLD:
+            self._pause_reading()
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None:
@@ -695,15 +817,27 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None and not self._closing:
+        if (
+            self._read_paused
+            and self.transport is not None
+            and not self._closing
+            and not self._refused
+        ):
             self._read_paused = False
             self.transport.resume_reading()
 
     def _arm(self, timeout: float) -> None:
-        """Set the one deadline this connection has; the timer is re-armed lazily."""
-        self._deadline = self.loop.time() + timeout
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        """Set the one deadline this connection has. The timer is re-armed lazily when the
+        deadline moves later, and moved when it comes earlier (a 75 s idle timer must not delay
+        a 60 s header timeout that starts later, nor a short idle timer after a long header one)."""
+        deadline = self.loop.time() + timeout
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -716,5 +850,5 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._parsing is not None and self._current is None:
             self._refuse(408, "request header timeout")
-        elif self._current is None:
+        elif self._current is None and not self._pending:
             self.close()  # idle keep-alive connection

@@ -18,7 +18,9 @@ import httptools
 
 
 class UpstreamListener(Protocol):
-    def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None: ...
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_flush(self) -> None: ...
     def on_upstream_done(self, reusable: bool) -> None: ...
@@ -41,8 +43,8 @@ WRITE_LOW_WATER = 64 * 1024
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_headers",
-        "_reason",
         "_read_paused",
+        "_reason",
         "addr",
         "closed",
         "expect_head",
@@ -144,7 +146,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            # Interim responses end here; so does a 101's head (llhttp completes it, then
+            # raises HttpParserUpgrade: the bytes after it belong to the tunnel).
             return
         if self.listener is not None and not self.tunnel:
             self.listener.on_upstream_done(self.parser.should_keep_alive())

@@ -18,7 +18,17 @@ MAX_BUFFERED = 4 * 1024 * 1024  # beyond this (a stuck stdout), lines are droppe
 
 
 class AccessLog:
-    __slots__ = ("_buf", "_fd", "_owns_fd", "_scheduled", "_sec", "_sec_text", "dropped", "loop", "path")
+    __slots__ = (
+        "_buf",
+        "_fd",
+        "_owns_fd",
+        "_scheduled",
+        "_sec",
+        "_sec_text",
+        "dropped",
+        "loop",
+        "path",
+    )
 
     def __init__(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -28,7 +38,10 @@ class AccessLog:
         elif path == "stderr":
             self._fd, self._owns_fd = sys.stderr.fileno(), False
         else:
-            self._fd, self._owns_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), True
+            self._fd, self._owns_fd = (
+                os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+                True,
+            )
         self._buf: list[bytes] = []
         self._scheduled = False
         self._sec = -1

@@ -26,6 +26,7 @@ class UpstreamRuntime:
         "balancer",
         "id",
         "max_attempts",
+        "node_hosts",
         "nodes",
         "pass_host",
         "pool",
@@ -51,6 +52,13 @@ class UpstreamRuntime:
         self.timeout = record.timeout
         self.pass_host = record.pass_host
         self.upstream_host = record.upstream_host.encode() if record.upstream_host else None
+        # The Host header for pass_host "node" (and for a request without one): the node's
+        # address, its port left out when it is the scheme's default, as a client would write it.
+        default_port = 443 if record.scheme in ("https", "grpcs") else 80
+        self.node_hosts: Mapping[Node, bytes] = {
+            n: (n.addr[: -len(str(n.port)) - 1] if n.port == default_port else n.addr).encode()
+            for n in self.nodes
+        }
         self.pool = record.keepalive_pool
         self.scheme = record.scheme
         self.tls: ssl.SSLContext | None = None
@@ -97,7 +105,9 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
 class RouteRuntime:
     __slots__ = ("id", "name", "record", "service_id", "timeout", "upstream", "websocket")
 
-    def __init__(self, record: Route, service: Service | None, upstream: UpstreamRuntime | None) -> None:
+    def __init__(
+        self, record: Route, service: Service | None, upstream: UpstreamRuntime | None
+    ) -> None:
         self.record = record
         self.id = record.id
         self.name = record.name

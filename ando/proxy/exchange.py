@@ -36,6 +36,10 @@ TUNNEL_HOLD_LIMIT = 64 * 1024
 # While the client does not take the response (its write buffer is full and the upstream paused),
 # the upstream read timeout does not apply; this one does, as nginx's send_timeout.
 CLIENT_SEND_TIMEOUT = 60.0
+# Likewise while a request body streams: the upstream send timeout runs only while the upstream
+# does not take what we have (its write buffer is full); waiting on the client for more of the
+# body is bounded by this one, as nginx's client_body_timeout (then 408, not 504).
+CLIENT_BODY_TIMEOUT = 60.0
 
 # Request headers never forwarded as received: hop-by-hop ones, and those the gateway sets itself.
 _DROP_REQUEST = frozenset(
@@ -58,7 +62,15 @@ _DROP_REQUEST = frozenset(
     }
 )
 _HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
 )
 
 # States
@@ -166,6 +178,8 @@ class ProxyExchange:
             if parts and req.upgrade:
                 self._held = [*(self._held or ()), *parts]
             req.attach(self)
+            if self.state == _DONE:  # the client was already gone (attach told us)
+                return
         self._attempt()
 
     def _attempt(self) -> None:
@@ -213,11 +227,15 @@ class ProxyExchange:
             exc = task.exception()
         if self.state == _DONE:
             if exc is None:
-                self.gateway.pool.release(self._pool_key(self.node), task.result(), self.upstream.pool)  # type: ignore[arg-type]
+                self.gateway.pool.release(
+                    self._pool_key(self.node), task.result(), self.upstream.pool
+                )  # type: ignore[arg-type]
             return
         if exc is not None:
             kind = "timeout" if isinstance(exc, TimeoutError) else "error"
-            self._attempt_failed(kind, f"connect to {self.node.addr if self.node else '?'}: {exc!r}")
+            self._attempt_failed(
+                kind, f"connect to {self.node.addr if self.node else '?'}: {exc!r}"
+            )
             return
         self._use(task.result())
 
@@ -239,6 +257,8 @@ class ProxyExchange:
                 if req.expect_continue and not req.body_done and not req.body_parts:
                     self.conn.send_continue()
                 req.attach(self)  # replays what the server buffered, then streams
+                if self.state == _DONE:  # the client left while we were connecting
+                    return
             else:
                 # A retry: what this exchange received so far goes out again (the rest streams).
                 if self._replay:
@@ -251,7 +271,7 @@ class ProxyExchange:
             self.state = _WAITING
             self._arm(self.route.timeout.read)
         else:
-            self._arm(self.route.timeout.send)
+            self._arm(self.route.timeout.send if up.writing_paused else CLIENT_BODY_TIMEOUT)
         # Bytes after an Upgrade request stay in self._held until the 101 arrives.
 
     def _request_head(self) -> bytes:
@@ -269,7 +289,7 @@ class ProxyExchange:
         if up.pass_host == "rewrite" and up.upstream_host:
             host = up.upstream_host
         elif up.pass_host == "node" or req.raw_host is None:
-            host = node.addr.encode() if node.port not in (80, 443) else node.host.encode()
+            host = up.node_hosts[node]
         else:
             host = req.raw_host
         lines.append(b"Host: " + host + b"\r\n")
@@ -328,9 +348,11 @@ class ProxyExchange:
             self.conn.pause_reading()
             return
         up.write(self._frame(data))
-        self._arm(self.route.timeout.send)
         if up.writing_paused:
             self.conn.pause_reading()
+            self._arm(self.route.timeout.send)  # waiting on the upstream to take it
+        else:
+            self._arm(CLIENT_BODY_TIMEOUT)  # waiting on the client for more
 
     def on_body_end(self) -> None:
         self.body_done = True
@@ -371,6 +393,7 @@ class ProxyExchange:
     def on_tunnel_data(self, data: bytes) -> None:
         if self.state == _TUNNEL:
             if self.up is not None:
+                self._arm(self.route.timeout.read)
                 self.up.write(data)
                 if self.up.writing_paused:
                     self.conn.pause_reading()
@@ -386,11 +409,17 @@ class ProxyExchange:
 
     def on_upstream_pause(self) -> None:
         self.conn.pause_reading()
+        if self.state == _SENDING:
+            self._arm(self.route.timeout.send)
 
     def on_upstream_resume(self) -> None:
         self.conn.resume_reading()
+        if self.state == _SENDING:
+            self._arm(CLIENT_BODY_TIMEOUT)
 
-    def on_upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         self.upstream_status = status
         self.upstream_latency = time.monotonic() - self.upstream_start
         req = self.req
@@ -421,22 +450,20 @@ class ProxyExchange:
             out.append(name + b": " + value + b"\r\n")
         if tokens:
             first = out[0]
-            out = [first] + [
-                ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in tokens
-            ]
+            out = [first] + [ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in tokens]
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:
                 out.append(b"Upgrade: " + upgrade_value + b"\r\n")
             out.append(b"\r\n")
-            self.conn.write(b"".join(out))
+            head = b"".join(out)
+            self.bytes_sent += len(head)
+            self.conn.write(head)
             return
         self.no_body = req.method == "HEAD" or status in (204, 304)
         self.resp_framed = self.no_body or length is not None or chunked
         keep = req.keep_alive and not self.gateway.draining
-        if self.no_body:
-            pass
-        elif length is not None and not chunked:
+        if self.no_body or (length is not None and not chunked):
             pass
         elif req.version == "1.1":
             self.chunk_out = True
@@ -503,17 +530,20 @@ class ProxyExchange:
             self._discard_upstream()
             return
         self.state = _TUNNEL
-        self.deadline = None
-        self.gateway.untrack(self)
+        # As nginx: a tunnel idle (no byte either way) for the read timeout is closed.
+        self._arm(self.route.timeout.read)
         self.conn.start_tunnel(self)
         held, self._held = self._held, None
         if held and self.up is not None:
             for part in held:
                 self.up.write(part)
         if rest:
+            self.bytes_sent += len(rest)
             self.conn.write(rest)
 
     def on_upstream_tunnel_data(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        self._arm(self.route.timeout.read)
         self.conn.write(data)
         if self.conn.writing_paused and self.up is not None:
             self.up.pause_reading()
@@ -566,8 +596,19 @@ class ProxyExchange:
             self.conn.abort()
             self._done(keep_alive=False, failed=True)
             return
+        if self.state == _TUNNEL:  # idle for the read timeout
+            self._discard_upstream()
+            self.conn.close()
+            self._done(keep_alive=False, failed=False)
+            return
         if self.state == _CONNECTING:
             return  # the connect has its own timeout
+        if self.state == _SENDING and self.up is not None and not self.up.writing_paused:
+            # The upstream took everything; the client stopped sending its body.
+            self._discard_upstream()
+            self._release_node(failed=False)
+            self._respond_error(408, "408 Request Time-out")
+            return
         self._discard_upstream()
         self._attempt_failed("timeout", "upstream timed out")
 
@@ -621,6 +662,7 @@ class ProxyExchange:
         self.state = _DONE
         self.deadline = None
         self.gateway.untrack(self)
+        self._release_node(failed=True)
         self.status = status
         close = not self.body_done or self.req.upgrade
         body = json_error(status, message)

@@ -110,7 +110,10 @@ def explain(
         r
         for r in config.routes
         if r.record.status == 0
-        and any(u == req.path or (u.endswith("*") and req.path.startswith(u[:-1])) for u in r.record.uris)
+        and any(
+            u == req.path or (u.endswith("*") and req.path.startswith(u[:-1]))
+            for u in r.record.uris
+        )
     ]
     for r in disabled:
         out.candidates.append(
@@ -196,9 +199,10 @@ def render_text(e: Explanation) -> str:
             for n in u["nodes"]
         )
         lines.append(f"upstream: {u['id']} {u['type']}: {nodes}")
+        t = u["timeout"]
         lines.append(
             f"          pass_host {u['pass_host']}, retries {u['retries']}, timeouts "
-            f"connect {u['timeout']['connect']}s send {u['timeout']['send']}s read {u['timeout']['read']}s"
+            f"connect {t['connect']}s send {t['send']}s read {t['read']}s"
         )
     lines.append(f"outcome:  {e.outcome}")
     return "\n".join(lines)

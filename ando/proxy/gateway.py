@@ -25,7 +25,9 @@ from ando.proxy.exchange import ProxyExchange
 from ando.proxy.variables import Vars
 
 _NOT_FOUND = json_error(404, "404 Route Not Found")
-_NO_UPSTREAM = json_error(503, "503 Service Unavailable: missing upstream configuration in Route or Service")
+_NO_UPSTREAM = json_error(
+    503, "503 Service Unavailable: missing upstream configuration in Route or Service"
+)
 _TIMEOUT_SWEEP = 0.25
 
 
@@ -63,8 +65,10 @@ class Gateway:
         config = RuntimeConfig(snapshot)
         limits = limits_from(snapshot.node.limits)
         certs = self.certs
-        if certs is None or getattr(self, "config", None) is None or (
-            snapshot.ssls != self.config.snapshot.ssls
+        if (
+            certs is None
+            or getattr(self, "config", None) is None
+            or (snapshot.ssls != self.config.snapshot.ssls)
         ):
             certs = CertTable(snapshot.ssls.values())
         log_settings = snapshot.node.observability.get("access_log", {})
@@ -92,7 +96,9 @@ class Gateway:
         scheme = "https" if listener.tls else "http"
 
         def make() -> HttpConnection:
-            conn = HttpConnection(self, self.limits, scheme=scheme, on_close=self.connections.discard)
+            conn = HttpConnection(
+                self, self.limits, scheme=scheme, on_close=self.connections.discard
+            )
             self.connections.add(conn)
             if self.draining:
                 self.loop.call_soon(conn.begin_drain)
@@ -149,7 +155,9 @@ class Gateway:
             )
         self._check_idle()
 
-    def _log(self, req: Request, status: int, sent: int, route_id: str | None, service_id: str | None) -> None:
+    def _log(
+        self, req: Request, status: int, sent: int, route_id: str | None, service_id: str | None
+    ) -> None:
         self.inflight -= 1
         log = self.access_log
         if log is not None:
@@ -174,7 +182,11 @@ class Gateway:
         self._check_idle()
 
     def log_event(self, event: str, **fields: Any) -> None:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": "warn", "event": event}
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "level": "warn",
+            "event": event,
+        }
         record.update(fields)
         sys.stderr.write(orjson.dumps(record).decode() + "\n")
 

@@ -1,4 +1,4 @@
-"""APISIX's request variables (`uri`, `host`, `arg_x`, `http_x_y`, `cookie_z`, ...), computed lazily.
+"""APISIX's request variables (`uri`, `host`, `arg_x`, `http_x_y`, `cookie_z`, ...), lazily.
 
 Route `vars`, chash keys and (later) plugins read variables by name. Most requests read none, so
 nothing is parsed until asked: the query string and the Cookie header are parsed on first use.

@@ -8,6 +8,7 @@ only through its channel from the master: the worker never reads the config file
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -120,6 +121,7 @@ class Worker:
                 return EXIT_CANNOT_LISTEN
             self.servers.append(server)
         await self.channel.send(channel.READY, self.generation)
+        _tune_gc()
         log(
             "worker_started",
             pid=os.getpid(),
@@ -202,6 +204,15 @@ class Worker:
             if os.getppid() != self.spec.master_pid:
                 self._stop("master_gone")
                 return
+
+
+def _tune_gc() -> None:
+    """The request path allocates many short-lived objects and few cycles: with the default
+    thresholds the cyclic collector ran on ~6% of a loaded worker's samples. Freeze what start-up
+    built (the config, modules) out of its reach, and let it run far less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _last_error() -> str:

@@ -187,10 +187,20 @@ def test_explain_names_the_route_the_reasons_and_the_upstream():
     r = ando("explain", "-c", fixture, "GET", "http://example.org/api/users?id=1")
     assert r.returncode == 0, r.stderr
     assert "=> 1  uri /api/*: matched" in r.stdout
-    assert "upstream: 1 roundrobin: 127.0.0.1:1980 (weight 1), 127.0.0.1:1981 (weight 3)" in r.stdout
+    assert (
+        "upstream: 1 roundrobin: 127.0.0.1:1980 (weight 1), 127.0.0.1:1981 (weight 3)" in r.stdout
+    )
     assert r.stdout.rstrip().splitlines()[-1].startswith("outcome:  proxied to 127.0.0.1:198")
     # Host, vars and remote_addr decide route 2; from 127.0.0.1 its remote_addrs refuse.
-    args = ("explain", "-c", fixture, "GET", "http://api.example.com/v1/x?version=2", "-H", "X-Env: prod")
+    args = (
+        "explain",
+        "-c",
+        fixture,
+        "GET",
+        "http://api.example.com/v1/x?version=2",
+        "-H",
+        "X-Env: prod",
+    )
     r = ando(*args, "--remote-addr", "10.1.2.3")
     assert "=> 2  uri /v1/* [host api.example.com]: matched" in r.stdout
     r = ando(*args)

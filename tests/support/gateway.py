@@ -75,10 +75,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         env = {**os.environ, **self.env}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            if os.environ.get("ANDO_TEST_LAUNCHER") == "dev":  # until `ando run` serves
-                cmd = [sys.executable, "-m", "tests.support.devserve", str(self.config_path)]
-            else:
-                cmd = [sys.executable, "-m", "ando", "run", "-c", str(self.config_path)]
+            cmd = [sys.executable, "-m", "ando", "run", "-c", str(self.config_path)]
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=out,

@@ -166,7 +166,9 @@ def test_node_settings_listen_forms():
 
 
 def test_tls_listener_needs_certificates_and_http2_is_refused():
-    found = problems("ando:\n  listen:\n    - {addr: '0.0.0.0:9443', tls: true, http2: true}\nroutes: []\n")
+    found = problems(
+        "ando:\n  listen:\n    - {addr: '0.0.0.0:9443', tls: true, http2: true}\nroutes: []\n"
+    )
     assert found == [
         "t.yaml:3:7: ando.listen[0]: tls: true needs at least one certificate in ssls",
         "t.yaml:3:48: ando.listen[0].http2: HTTP/2 is not supported yet; remove http2: true",
