@@ -553,7 +553,7 @@ def _compile(b: _Build, node: NodeSettings) -> Snapshot:
             priority=int(r.get("priority", 0)),
             status=int(r.get("status", 1)),
             timeout=_timeout(r.get("timeout")),
-            enable_websocket=bool(r.get("enable_websocket", False)),
+            enable_websocket=r.get("enable_websocket"),
             service_id=_opt_id(r, "service_id"),
             upstream_id=_opt_id(r, "upstream_id"),
             upstream=_upstream(r["upstream"], f"route:{r['id']}") if "upstream" in r else None,

@@ -91,7 +91,7 @@ class Route:
     priority: int
     status: int
     timeout: Timeout | None
-    enable_websocket: bool
+    enable_websocket: bool | None  # None: not set, the service's value applies (APISIX)
     service_id: str | None
     upstream_id: str | None
     upstream: Upstream | None

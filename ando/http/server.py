@@ -185,6 +185,7 @@ class Request:
         "content_length",
         "exchange",
         "expect_continue",
+        "has_body",
         "headers",
         "host",
         "keep_alive",
@@ -216,6 +217,7 @@ class Request:
         self.keep_alive = True
         self.upgrade = False
         self.expect_continue = False
+        self.has_body = False  # set once the head is parsed: chunked, or a non-zero length
         self.exchange: Exchange | None = None
         self.body_parts: list[bytes] | None = None  # buffered until an exchange takes over
         self.body_size = 0
@@ -227,10 +229,6 @@ class Request:
         self.server_port = 0
         self.scheme = "http"
         self.start = 0.0
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a header, by lower-case name (a scan: heads are short)."""
@@ -305,6 +303,7 @@ class HttpConnection(asyncio.Protocol):
         "client_addr",
         "client_port",
         "handler",
+        "handler_data",
         "limits",
         "loop",
         "on_close",
@@ -348,6 +347,9 @@ class HttpConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self.tunnel: Exchange | None = None
+        # Opaque to this module: the handler's per-connection memo (e.g. header lines that only
+        # depend on the client address).
+        self.handler_data: object = None
         self.requests_served = 0
         self.client_addr = ""
         self.client_port = 0
@@ -530,6 +532,7 @@ class HttpConnection(asyncio.Protocol):
             req.expect_continue = False  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
         if req.content_length == -1:
             raise _Refuse(400, "invalid Content-Length")
+        req.has_body = req.chunked or bool(req.content_length)
         max_body = self.limits.max_body_size
         if max_body and req.content_length is not None and req.content_length > max_body:
             raise _Refuse(413, "request body too large")

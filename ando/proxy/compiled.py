@@ -113,7 +113,8 @@ class RouteRuntime:
         self.name = record.name
         self.service_id = record.service_id
         self.upstream = upstream
-        self.websocket = record.enable_websocket or bool(service and service.enable_websocket)
+        own = record.enable_websocket
+        self.websocket = own if own is not None else bool(service and service.enable_websocket)
         base = upstream.timeout if upstream is not None else None
         self.timeout = record.timeout or base or DEFAULT_TIMEOUT
 

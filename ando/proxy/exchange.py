@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from ando.http.server import HttpConnection, Request, json_error, reason_phrase
 from ando.http.upstream import UpstreamConnection, open_connection
-from ando.proxy.balancer import Node
+from ando.proxy.balancer import NOTHING_TRIED, Node
 from ando.proxy.compiled import RouteRuntime, UpstreamRuntime
 from ando.proxy.variables import Vars
 
@@ -81,6 +82,65 @@ def _connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+# Header names classified once per spelling, not lower-cased per request: a name seen before is
+# one dict lookup. Bounded, since names come from clients and upstreams.
+_PLAIN, _DROP, _CONNECTION, _XFF, _TE, _UPGRADE, _LENGTH = range(7)
+_KIND_CACHE_MAX = 4096
+_request_kinds: dict[bytes, int] = {}
+_response_kinds: dict[bytes, int] = {}
+# Connection header values naming no other header (the usual ones) need no filtering pass.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
+_token_cache: dict[bytes, frozenset[bytes]] = {}
+
+
+def _request_kind(name: bytes) -> int:
+    kind = _request_kinds.get(name)
+    if kind is None:
+        lname = name.lower()
+        if lname == b"connection":
+            kind = _CONNECTION
+        elif lname == b"x-forwarded-for":
+            kind = _XFF
+        elif lname in _DROP_REQUEST:
+            kind = _DROP
+        else:
+            kind = _PLAIN
+        if len(_request_kinds) < _KIND_CACHE_MAX:
+            _request_kinds[name] = kind
+    return kind
+
+
+def _response_kind(name: bytes) -> int:
+    kind = _response_kinds.get(name)
+    if kind is None:
+        lname = name.lower()
+        if lname == b"connection":
+            kind = _CONNECTION
+        elif lname == b"transfer-encoding":
+            kind = _TE
+        elif lname == b"upgrade":
+            kind = _UPGRADE
+        elif lname in _HOP_BY_HOP:
+            kind = _DROP
+        elif lname == b"content-length":
+            kind = _LENGTH
+        else:
+            kind = _PLAIN
+        if len(_response_kinds) < _KIND_CACHE_MAX:
+            _response_kinds[name] = kind
+    return kind
+
+
+def _named_by_connection(value: bytes) -> frozenset[bytes]:
+    """Headers a Connection value names beyond the hop-by-hop ones: usually none."""
+    found = _token_cache.get(value)
+    if found is None:
+        found = frozenset(_connection_tokens(value) - _PLAIN_CONNECTION)
+        if len(_token_cache) < _KIND_CACHE_MAX:
+            _token_cache[value] = found
+    return found
+
+
 class ProxyExchange:
     __slots__ = (
         "_client_paused",
@@ -110,6 +170,7 @@ class ProxyExchange:
         "started",
         "state",
         "status",
+        "tracked",
         "tried",
         "up",
         "upgrade",
@@ -137,11 +198,12 @@ class ProxyExchange:
         self.vars = vars_
         self.up: UpstreamConnection | None = None
         self.node: Node | None = None
-        self.tried: set[Node] = set()
+        self.tried: AbstractSet[Node] = NOTHING_TRIED  # a real set only after a failure
         self.attempts = 0
         self.state = _CONNECTING
         self.started = time.monotonic()
         self.deadline: float | None = None
+        self.tracked = False
         self.body_started = False
         self.body_done = not req.has_body
         self.sent = False  # a request head went out to a node (non-idempotent: no retry then)
@@ -293,29 +355,43 @@ class ProxyExchange:
         else:
             host = req.raw_host
         lines.append(b"Host: " + host + b"\r\n")
-        tokens: set[bytes] | None = None
+        named: frozenset[bytes] | None = None
         xff: bytes | None = None
         for name, value in req.headers:
-            lname = name.lower()
-            if lname in _DROP_REQUEST:
-                if lname == b"connection":
-                    tokens = _connection_tokens(value)
-                elif lname == b"x-forwarded-for":
+            kind = _request_kinds.get(name)
+            if kind is None:
+                kind = _request_kind(name)
+            if kind:
+                if kind == _CONNECTION:
+                    named = _named_by_connection(value) or None
+                elif kind == _XFF:
                     xff = value if xff is None else xff + b", " + value
                 continue
-            if tokens is not None and lname in tokens:
-                continue
             lines.append(name + b": " + value + b"\r\n")
-        if tokens:  # Connection may come after the headers it names: filter again
-            lines = [
-                ln for ln in lines if ln.split(b":", 1)[0].lower() not in tokens or ln is lines[0]
+        if named:  # drop the headers Connection names (it may come after them)
+            lines = [lines[0]] + [
+                ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
             ]
-        client = req.client_addr.encode()
-        lines.append(b"X-Forwarded-For: " + (xff + b", " + client if xff else client) + b"\r\n")
-        lines.append(b"X-Real-IP: " + client + b"\r\n")
-        lines.append(b"X-Forwarded-Proto: " + req.scheme.encode() + b"\r\n")
+        fwd = self.conn.handler_data
+        if fwd is None:  # per connection: the client's address, scheme and port do not change
+            client = req.client_addr.encode()
+            fwd = self.conn.handler_data = (
+                client,
+                b"X-Forwarded-For: " + client + b"\r\n",
+                b"X-Real-IP: "
+                + client
+                + b"\r\n"
+                + b"X-Forwarded-Proto: "
+                + req.scheme.encode()
+                + b"\r\n"
+                + b"X-Forwarded-Port: %d\r\n" % req.server_port,
+            )
+        if xff:
+            lines.append(b"X-Forwarded-For: " + xff + b", " + fwd[0] + b"\r\n")
+        else:
+            lines.append(fwd[1])
+        lines.append(fwd[2])
         lines.append(b"X-Forwarded-Host: " + req.host.encode() + b"\r\n")
-        lines.append(b"X-Forwarded-Port: %d\r\n" % req.server_port)
         if self.upgrade:
             lines.append(b"Connection: upgrade\r\n")
             upgrade = req.header(b"upgrade")
@@ -431,26 +507,28 @@ class ProxyExchange:
         self.state = _RESPONDING
         self.status = status
         out = [b"HTTP/1.1 %d " % status + (reason or reason_phrase(status).encode()) + b"\r\n"]
-        tokens: set[bytes] | None = None
+        named: frozenset[bytes] | None = None
         length: bytes | None = None
         chunked = False
         upgrade_value: bytes | None = None
         for name, value in headers:
-            lname = name.lower()
-            if lname in _HOP_BY_HOP:
-                if lname == b"connection":
-                    tokens = _connection_tokens(value)
-                elif lname == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif lname == b"upgrade":
-                    upgrade_value = value
-                continue
-            if lname == b"content-length":
-                length = value
+            kind = _response_kinds.get(name)
+            if kind is None:
+                kind = _response_kind(name)
+            if kind:
+                if kind == _LENGTH:
+                    length = value
+                else:
+                    if kind == _CONNECTION:
+                        named = _named_by_connection(value) or None
+                    elif kind == _TE:
+                        chunked = b"chunked" in value.lower()
+                    elif kind == _UPGRADE:
+                        upgrade_value = value
+                    continue
             out.append(name + b": " + value + b"\r\n")
-        if tokens:
-            first = out[0]
-            out = [first] + [ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in tokens]
+        if named:
+            out = [out[0]] + [ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in named]
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:
@@ -585,7 +663,9 @@ class ProxyExchange:
 
     def _arm(self, seconds: float) -> None:
         self.deadline = self.gateway.loop.time() + seconds
-        self.gateway.track(self)
+        if not self.tracked:  # the sweep's set needs us once; later deadlines are a field write
+            self.tracked = True
+            self.gateway.track(self)
 
     def on_timeout(self) -> None:
         if self.state == _DONE:
@@ -629,7 +709,7 @@ class ProxyExchange:
             self._connect(node)
             return
         if node is not None:
-            self.tried.add(node)
+            self.tried = {*self.tried, node}
             if not self.counted:  # a failed connect: the balancer still learns of the failure
                 self.upstream.balancer.on_start(node)
                 self.counted = True
@@ -661,6 +741,7 @@ class ProxyExchange:
             return
         self.state = _DONE
         self.deadline = None
+        self.tracked = False
         self.gateway.untrack(self)
         self._release_node(failed=True)
         self.status = status
@@ -668,13 +749,18 @@ class ProxyExchange:
         body = json_error(status, message)
         self.bytes_sent += self.conn.send_simple(self.req, status, body, close=close)
         self.gateway.request_finished(self)
+        # Break the request <-> exchange cycle, so plain refcounting frees both: left to the
+        # cyclic collector, they made it run on a fifth of a loaded worker's samples.
+        self.req.exchange = None
 
     def _done(self, *, keep_alive: bool, failed: bool) -> None:
         if self.state == _DONE:
             return
         self.state = _DONE
         self.deadline = None
+        self.tracked = False
         self.gateway.untrack(self)
         self._release_node(failed=failed)
         self.gateway.request_finished(self)
+        self.req.exchange = None  # break the request <-> exchange cycle (see _respond_error)
         self.conn.finish(self.req, keep_alive)

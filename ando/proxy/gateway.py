@@ -112,7 +112,7 @@ class Gateway:
         self.inflight += 1
         config = self.config
         v = Vars(req)
-        match = config.router.match(req.method, req.host, req.path, req.client_addr, v.get)
+        match = config.router.match(req.method, req.host, req.path, req.client_addr, v)
         if match is None:
             sent = conn.send_simple(req, 404, _NOT_FOUND)
             self._log(req, 404, sent, None, None)
@@ -206,6 +206,7 @@ class Gateway:
         now = self.loop.time()
         for ex in [e for e in self._tracked if e.deadline is not None and e.deadline <= now]:
             self._tracked.discard(ex)
+            ex.tracked = False
             try:
                 ex.on_timeout()
             except Exception as e:  # never let one request's failure stop the sweep

@@ -139,7 +139,7 @@ def test_default_config_starts_with_the_editor_schema_line():
 def test_schema_defaults_are_applied():
     snap = build(f"routes:\n  - uri: /a\n    {UP}\n")
     r = snap.routes[0]
-    assert (r.priority, r.status, r.enable_websocket) == (0, 1, False)
+    assert (r.priority, r.status, r.enable_websocket) == (0, 1, None)  # None: the service decides
     up = r.upstream
     assert (up.type, up.hash_on, up.scheme, up.pass_host) == ("roundrobin", "vars", "http", "pass")
     assert (up.keepalive_pool.size, up.keepalive_pool.idle_timeout, up.keepalive_pool.requests) == (
