@@ -33,6 +33,7 @@ bench: bench-validate
 
 bench-validate: $(STAMP)
 	$(BIN)/python bench/validate_bench.py
+	$(BIN)/python bench/router_bench.py
 
 clean:
 	rm -rf $(VENV) build/tmp .pytest_cache
