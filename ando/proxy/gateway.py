@@ -65,12 +65,8 @@ class Gateway:
         config = RuntimeConfig(snapshot)
         limits = limits_from(snapshot.node.limits)
         certs = self.certs
-        if (
-            certs is None
-            or getattr(self, "config", None) is None
-            or (snapshot.ssls != self.config.snapshot.ssls)
-        ):
-            certs = CertTable(snapshot.ssls.values())
+        if certs is None or self.config is None or snapshot.ssls != self.config.snapshot.ssls:
+            certs = CertTable(snapshot.ssls.values())  # TLS contexts: rebuilt only on change
         log_settings = snapshot.node.observability.get("access_log", {})
         enabled = log_settings.get("enabled", True)
         path = log_settings.get("path", "stdout")
