@@ -21,6 +21,8 @@ class AccessLog:
     __slots__ = (
         "_buf",
         "_fd",
+        "_ms",
+        "_ms_text",
         "_owns_fd",
         "_scheduled",
         "_sec",
@@ -45,18 +47,26 @@ class AccessLog:
         self._buf: list[bytes] = []
         self._scheduled = False
         self._sec = -1
+        self._ms = -1
+        self._ms_text = ""
         self._sec_text = ""
         self.dropped = 0
 
     def timestamp(self, now: float) -> str:
-        sec = int(now)
+        """ISO 8601 with milliseconds, formatted once per millisecond (many requests share one)."""
+        ms = int(now * 1000)
+        if ms == self._ms:
+            return self._ms_text
+        sec = ms // 1000
         if sec != self._sec:
             self._sec = sec
             self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._sec_text}.{int((now - sec) * 1000):03d}Z"
+        self._ms = ms
+        self._ms_text = f"{self._sec_text}.{ms % 1000:03d}Z"
+        return self._ms_text
 
     def write(self, record: dict[str, Any]) -> None:
-        self._buf.append(orjson.dumps(record) + b"\n")
+        self._buf.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)

@@ -141,8 +141,8 @@ class Gateway:
                     "bytes_sent": ex.bytes_sent,
                     "upstream_addr": ex.node.addr if ex.node is not None else None,
                     "upstream_status": ex.upstream_status or None,
-                    "latency": round(self.loop.time() - req.start, 6),
-                    "upstream_latency": round(ex.upstream_latency, 6)
+                    "latency": int((self.loop.time() - req.start) * 1e6) / 1e6,
+                    "upstream_latency": int(ex.upstream_latency * 1e6) / 1e6
                     if ex.upstream_latency is not None
                     else None,
                     "route_id": ex.route.id,
