@@ -13,6 +13,7 @@ already ``tried`` for this request are always excluded: a retry must go somewher
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import Protocol, runtime_checkable
@@ -52,7 +53,7 @@ class Balancer(Protocol):
         ...
 
 
-class Group:
+class Group(ABC):
     """Nodes of one priority under one algorithm; subclasses implement :meth:`_select`.
 
     ``_select(request, tried, honour_down)`` is the algorithm proper. ``honour_down`` is False only
@@ -75,13 +76,14 @@ class Group:
         """See :class:`Balancer`; health is ignored only when every node is down."""
         return self._select(request, tried, self._n_down != len(self.nodes))
 
+    @abstractmethod
     def _select(self, request: object, tried: AbstractSet[Node], honour_down: bool) -> Node | None:
-        raise NotImplementedError
+        """The algorithm: a node not in `tried` (and not down when `honour_down`), or None."""
 
-    def on_start(self, node: Node) -> None:
+    def on_start(self, node: Node) -> None:  # noqa: B027 - a no-op default, by design
         """No bookkeeping by default."""
 
-    def on_finish(self, node: Node, seconds: float, failed: bool) -> None:
+    def on_finish(self, node: Node, seconds: float, failed: bool) -> None:  # noqa: B027
         """No bookkeeping by default."""
 
     def mark_down(self, node: Node) -> None:
@@ -103,7 +105,7 @@ class Group:
         self._health_changed()
         return True
 
-    def _health_changed(self) -> None:
+    def _health_changed(self) -> None:  # noqa: B027 - a no-op default, by design
         """Hook for balancers that precompute over the healthy set (called after ``_up``)."""
 
     def _eligible(self, tried: AbstractSet[Node], honour_down: bool) -> list[int]:
