@@ -491,7 +491,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
         if self._header_bytes > limits.max_header_size:
             raise _Refuse(431, "request header fields too large")
-        if b"_" in name:
+        if name.find(b"_") >= 0:  # find(): `in` on bytes first tries the needle as an int
             raise _Refuse(400, "underscore in a header name")
         # llhttp drops the OWS before a value, not the OWS after it (RFC 9110 5.5: not part of
         # the value): strip it where the value is interpreted.
