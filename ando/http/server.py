@@ -464,7 +464,7 @@ class HttpConnection(asyncio.Protocol):
         req.client_port = self.client_port
         req.server_port = self.server_port
         req.scheme = self.scheme
-        req.start = self.loop.time()
+        req.start = time.monotonic()  # not loop.time(): that is cached per iteration, in ms
         self._parsing = req
         self._url_parts.clear()
         self._header_lines = 0
@@ -787,6 +787,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._current = req
         self.send_simple(req, status, json_error(status, f"{status} {message}"), close=True)
+        req.refusal = (status, message)  # what the client got: an exchange logs it, now or later
         if ex is not None:
             ex.on_client_lost()
 

@@ -302,6 +302,12 @@ class ProxyExchange:
         self._use(task.result())
 
     def _use(self, up: UpstreamConnection) -> None:
+        if self.req.lost:
+            # Refused or abandoned while we were connecting: not one byte of it goes upstream.
+            assert self.node is not None
+            self.gateway.pool.release(self._pool_key(self.node), up, self.upstream.pool)
+            self.on_client_lost()
+            return
         self.up = up
         up.listener = self
         up.requests += 1
@@ -462,7 +468,8 @@ class ProxyExchange:
         if self.state == _DONE:
             return
         if self.status == 0:
-            self.status = 499  # nginx's "client closed request"
+            refusal = self.req.refusal  # refused by the server (e.g. 413 mid-body), else gone
+            self.status = refusal[0] if refusal is not None else 499  # nginx's "client closed"
         self._discard_upstream()
         self._done(keep_alive=False, failed=False)
 

@@ -141,7 +141,7 @@ class Gateway:
                     "bytes_sent": ex.bytes_sent,
                     "upstream_addr": ex.node.addr if ex.node is not None else None,
                     "upstream_status": ex.upstream_status or None,
-                    "latency": int((self.loop.time() - req.start) * 1e6) / 1e6,
+                    "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
                     "upstream_latency": int(ex.upstream_latency * 1e6) / 1e6
                     if ex.upstream_latency is not None
                     else None,
@@ -169,7 +169,7 @@ class Gateway:
                     "bytes_sent": sent,
                     "upstream_addr": None,
                     "upstream_status": None,
-                    "latency": round(self.loop.time() - req.start, 6),
+                    "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
                     "upstream_latency": None,
                     "route_id": route_id,
                     "service_id": service_id,

@@ -78,3 +78,20 @@ def test_access_log_to_a_file_or_off(tmp_path):
             assert get(gw.port, "/x")[0] == 200
             time.sleep(0.2)
             assert gw.access_log_lines() == []
+
+
+def test_a_request_refused_mid_body_is_logged_with_the_status_the_client_got(tmp_path):
+    from tests.support.gateway import raw_request
+
+    with UpstreamServer("a") as up:
+        cfg = {
+            "ando": {"limits": {"max_body_size": 100}},
+            "routes": [{"id": "r1", "uri": "/*", "upstream": {"nodes": {up.addr: 1}}}],
+        }
+        with GatewayProcess(cfg, tmp_path) as gw:
+            body = b"".join(b"32\r\n" + b"x" * 50 + b"\r\n" for _ in range(4)) + b"0\r\n\r\n"
+            head = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            answer = raw_request(gw.port, head + body)
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            lines = wait_lines(gw, 1)
+    assert [(line["path"], line["status"]) for line in lines] == [("/upload", 413)]
