@@ -93,41 +93,26 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"te"})
 _token_cache: dict[bytes, frozenset[bytes]] = {}
 
 
-def _request_kind(name: bytes) -> int:
-    kind = _request_kinds.get(name)
-    if kind is None:
-        lname = name.lower()
-        if lname == b"connection":
-            kind = _CONNECTION
-        elif lname == b"x-forwarded-for":
-            kind = _XFF
-        elif lname in _DROP_REQUEST:
-            kind = _DROP
-        else:
-            kind = _PLAIN
-        if len(_request_kinds) < _KIND_CACHE_MAX:
-            _request_kinds[name] = kind
-    return kind
+# Lower-case name -> kind; any other name is _PLAIN.
+_REQUEST_KINDS = {
+    **dict.fromkeys(_DROP_REQUEST, _DROP),
+    b"connection": _CONNECTION,
+    b"x-forwarded-for": _XFF,
+}
+_RESPONSE_KINDS = {
+    **dict.fromkeys(_HOP_BY_HOP, _DROP),
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TE,
+    b"upgrade": _UPGRADE,
+    b"content-length": _LENGTH,
+}
 
 
-def _response_kind(name: bytes) -> int:
-    kind = _response_kinds.get(name)
-    if kind is None:
-        lname = name.lower()
-        if lname == b"connection":
-            kind = _CONNECTION
-        elif lname == b"transfer-encoding":
-            kind = _TE
-        elif lname == b"upgrade":
-            kind = _UPGRADE
-        elif lname in _HOP_BY_HOP:
-            kind = _DROP
-        elif lname == b"content-length":
-            kind = _LENGTH
-        else:
-            kind = _PLAIN
-        if len(_response_kinds) < _KIND_CACHE_MAX:
-            _response_kinds[name] = kind
+def _classify(name: bytes, cache: dict[bytes, int], kinds: dict[bytes, int]) -> int:
+    """The slow path of the per-spelling caches below (the hot path inlines `cache.get`)."""
+    kind = kinds.get(name.lower(), _PLAIN)
+    if len(cache) < _KIND_CACHE_MAX:
+        cache[name] = kind
     return kind
 
 
@@ -366,7 +351,7 @@ class ProxyExchange:
         for name, value in req.headers:
             kind = _request_kinds.get(name)
             if kind is None:
-                kind = _request_kind(name)
+                kind = _classify(name, _request_kinds, _REQUEST_KINDS)
             if kind:
                 if kind == _CONNECTION:
                     named = _named_by_connection(value) or None
@@ -521,7 +506,7 @@ class ProxyExchange:
         for name, value in headers:
             kind = _response_kinds.get(name)
             if kind is None:
-                kind = _response_kind(name)
+                kind = _classify(name, _response_kinds, _RESPONSE_KINDS)
             if kind:
                 if kind == _LENGTH:
                     length = value

@@ -35,10 +35,9 @@ def log(event: str, level: str = "info", **fields: Any) -> None:
     try:
         while view:
             view = view[os.write(_STDERR, view) :]
-    except (BlockingIOError, InterruptedError):
-        pass  # stderr is non-blocking and full: drop the rest rather than block serving
     except OSError:
-        pass
+        # stderr is non-blocking and full (or gone): drop the rest rather than block serving.
+        return
 
 
 def describe_status(status: int) -> dict[str, Any]:

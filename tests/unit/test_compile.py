@@ -3,19 +3,15 @@ references, and APISIX standalone files written in APISIX's own format."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ando.config.diagnostics import ConfigError
 from ando.config.snapshot import Snapshot, UpstreamNode
 from ando.config.source import load_snapshot, snapshot_from_text
 from ando.plugins.catalog import PluginCatalog, PluginSpec
+from tests.support.certs import make_cert
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "apisix"
 
@@ -405,24 +401,7 @@ def test_a_bad_item_is_reported_once_not_as_a_cascade():
 
 
 def _cert_and_key(cn: str = "example.com") -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_cert = cert.public_bytes(serialization.Encoding.PEM).decode()
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return pem_cert, pem_key
+    return make_cert(cn)
 
 
 def _ssl_yaml(cert: str, key: str, snis: str = "[example.com]") -> str:
