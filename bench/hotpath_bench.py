@@ -1,0 +1,122 @@
+"""Python time per proxied request, without the kernel: the real protocols, fake transports.
+
+`python bench/hotpath_bench.py [N]` drives HttpConnection (client side) and UpstreamConnection
+(a pooled keep-alive upstream) with fixed bytes: a GET in, a 13-byte response back, N times.
+No syscalls and no event-loop turns are involved, so this isolates the per-request Python work
+that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). `--profile`
+prints cProfile's top functions instead (its overhead inflates every number; read it for
+proportions). Not a test: quote medians of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+
+import uvloop
+
+from ando.config.source import snapshot_from_text
+from ando.http.upstream import UpstreamConnection
+from ando.proxy.gateway import Gateway
+
+REQUEST = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 05:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
+    b"hello, world\n"
+)
+CONFIG = """
+ando: {observability: {access_log: {enabled: false}}}
+routes:
+  - uri: /bench
+    upstream: {nodes: {"127.0.0.1:18081": 1}, keepalive_pool: {requests: 1000000000}}
+"""
+
+
+class FakeTransport:
+    """Just enough of a transport: keeps nothing, never pauses."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+
+    def get_extra_info(self, key: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5555), "sockname": ("127.0.0.1", 9080)}.get(key, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+
+async def run(n: int, runs: int, profile: bool) -> None:
+    gw = Gateway(snapshot_from_text(CONFIG, "bench.yaml", environ={}))
+    assert gw.config is not None
+    client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()
+    client_transport = FakeTransport()
+    client.connection_made(client_transport)  # type: ignore[arg-type]
+    upstream_runtime = gw.config.routes[0].upstream
+    assert upstream_runtime is not None
+    up = UpstreamConnection(upstream_runtime.nodes[0].addr)
+    up.connection_made(FakeTransport())  # type: ignore[arg-type]
+    gw.pool.release(upstream_runtime.nodes[0].addr, up, upstream_runtime.pool)
+
+    def one() -> None:
+        client.data_received(REQUEST)
+        up.data_received(RESPONSE)
+
+    for _ in range(1000):
+        one()
+    assert client_transport.last.endswith(b"hello, world\n"), client_transport.last
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n):
+            one()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    print(
+        f"Python per proxied request: median {statistics.median(times):.2f} us, "
+        f"min {min(times):.2f} us over {runs} runs of {n}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("n", nargs="?", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    uvloop.run(run(args.n, args.runs, args.profile))
+
+
+if __name__ == "__main__":
+    main()
