@@ -42,26 +42,7 @@ CLIENT_SEND_TIMEOUT = 60.0
 # body is bounded by this one, as nginx's client_body_timeout (then 408, not 504).
 CLIENT_BODY_TIMEOUT = 60.0
 
-# Request headers never forwarded as received: hop-by-hop ones, and those the gateway sets itself.
-_DROP_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-real-ip",
-    }
-)
+# Hop-by-hop headers (RFC 9110 7.6.1) end at this hop, in both directions.
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -73,6 +54,17 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# Request headers never forwarded as received: hop-by-hop ones, and those the gateway sets itself.
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-real-ip",
+}
 
 # States
 _CONNECTING, _SENDING, _WAITING, _RESPONDING, _TUNNEL, _DONE = range(6)
