@@ -463,20 +463,28 @@ def test_a_killed_worker_is_replaced_and_service_continues(tmp_path, start, port
     assert seen == {second, restarted["pid"]}
 
 
-def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path, start, port):
-    runtime = start(write(tmp_path / "ando.yaml", config_text(port, "v1")))
-    workers = runtime.wait_ready(2)
+def slow_request_in_flight(
+    runtime, port: int, ms: int
+) -> tuple[threading.Thread, dict[str, object]]:
+    """A request the test gateway holds for `ms`, sent from a thread; returns once it is in."""
     result: dict[str, object] = {}
 
     def slow() -> None:
         try:
-            result["response"] = get(port, "/slow?ms=700")
+            result["response"] = get(port, f"/slow?ms={ms}")
         except Exception as e:
             result["error"] = e
 
     client = threading.Thread(target=slow)
     client.start()
     runtime.wait_event("test_slow_request")
+    return client, result
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path, start, port):
+    runtime = start(write(tmp_path / "ando.yaml", config_text(port, "v1")))
+    workers = runtime.wait_ready(2)
+    client, result = slow_request_in_flight(runtime, port, 700)
     began = time.monotonic()
     runtime.signal(signal.SIGTERM)
     assert runtime.wait_exit(10) == 0
@@ -495,23 +503,13 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path, start, p
 def test_sigquit_exits_at_once(tmp_path, start, port):
     runtime = start(write(tmp_path / "ando.yaml", config_text(port, "v1")))
     workers = runtime.wait_ready(2)
-    result: dict[str, object] = {}
-
-    def slow() -> None:
-        try:
-            result["response"] = get(port, "/slow?ms=20000")
-        except OSError as e:
-            result["error"] = e
-
-    client = threading.Thread(target=slow)
-    client.start()
-    runtime.wait_event("test_slow_request")
+    client, result = slow_request_in_flight(runtime, port, 20000)
     began = time.monotonic()
     runtime.signal(signal.SIGQUIT)
     assert runtime.wait_exit(5) == 0
     assert time.monotonic() - began < 2
     client.join(5)
-    assert "error" in result  # the request in flight was cut off, not finished
+    assert isinstance(result.get("error"), OSError)  # cut off, not finished
     assert not any(alive(pid) for pid in workers)
 
 
