@@ -720,14 +720,21 @@ class ProxyExchange:
         if up is not None:
             up.abort()
 
-    def _respond_error(self, status: int, message: str) -> None:
+    def _end(self, *, failed: bool) -> bool:
+        """Mark the exchange over (once): no more deadline, the balancer told. False if it
+        already was."""
         if self.state == _DONE:
-            return
+            return False
         self.state = _DONE
         self.deadline = None
         self.tracked = False
         self.gateway.untrack(self)
-        self._release_node(failed=True)
+        self._release_node(failed=failed)
+        return True
+
+    def _respond_error(self, status: int, message: str) -> None:
+        if not self._end(failed=True):
+            return
         self.status = status
         close = not self.body_done or self.req.upgrade
         body = json_error(status, message)
@@ -738,13 +745,8 @@ class ProxyExchange:
         self.req.exchange = None
 
     def _done(self, *, keep_alive: bool, failed: bool) -> None:
-        if self.state == _DONE:
+        if not self._end(failed=failed):
             return
-        self.state = _DONE
-        self.deadline = None
-        self.tracked = False
-        self.gateway.untrack(self)
-        self._release_node(failed=failed)
         self.gateway.request_finished(self)
         self.req.exchange = None  # break the request <-> exchange cycle (see _respond_error)
         self.conn.finish(self.req, keep_alive)

@@ -463,6 +463,17 @@ def test_a_killed_worker_is_replaced_and_service_continues(tmp_path, start, port
     assert seen == {second, restarted["pid"]}
 
 
+def ando_reload(*args: str) -> subprocess.CompletedProcess:
+    """`ando reload ARGS`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "ando", "reload", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def slow_request_in_flight(
     runtime, port: int, ms: int
 ) -> tuple[threading.Thread, dict[str, object]]:
@@ -526,13 +537,7 @@ def test_ando_reload_signals_the_running_master(tmp_path, start, port):
     runtime = start(config)
     runtime.wait_ready(2)
     write(config, config_text(port, "v2"))
-    r = subprocess.run(
-        [sys.executable, "-m", "ando", "reload", "-c", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = ando_reload("-c", str(config))
     assert r.returncode == 0, r.stderr
     assert f"pid {runtime.proc.pid}" in r.stderr
     runtime.wait_event("reload", lambda e: e.get("trigger") == "signal" and e["result"] == "ok")
@@ -540,13 +545,7 @@ def test_ando_reload_signals_the_running_master(tmp_path, start, port):
     runtime.signal(signal.SIGTERM)
     assert runtime.wait_exit(10) == 0
     # The pid file went with the master: reload now says clearly that nothing is running.
-    r = subprocess.run(
-        [sys.executable, "-m", "ando", "reload", "-c", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = ando_reload("-c", str(config))
     assert r.returncode == 1
     assert f"is ando running with -c {config}?" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -560,13 +559,7 @@ def test_a_pid_file_of_ones_choice(tmp_path, start, port):
     runtime.wait_ready(2)
     assert pid_file.read_text() == f"{runtime.proc.pid}\n"
     assert not os.path.exists(default_pid_file(str(config)))
-    r = subprocess.run(
-        [sys.executable, "-m", "ando", "reload", "--pid-file", str(pid_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = ando_reload("--pid-file", str(pid_file))
     assert r.returncode == 0, r.stderr
     runtime.wait_event("reload", lambda e: e.get("trigger") == "signal" and e["result"] == "ok")
     runtime.signal(signal.SIGTERM)
@@ -583,26 +576,14 @@ def test_ando_reload_with_a_stale_pid_file(tmp_path):
     )
     pid_file = tmp_path / "ando.pid"
     pid_file.write_text(dead.stdout)
-    r = subprocess.run(
-        [sys.executable, "-m", "ando", "reload", "--pid-file", str(pid_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = ando_reload("--pid-file", str(pid_file))
     assert r.returncode == 1
     assert f"stale pid file {pid_file}: process {dead.stdout.strip()} is not running" in r.stderr
     # A pid reused by another program is not signalled (SIGHUP would end most programs).
     stranger = subprocess.Popen(["sleep", "30"])
     try:
         pid_file.write_text(f"{stranger.pid}\n")
-        r = subprocess.run(
-            [sys.executable, "-m", "ando", "reload", "--pid-file", str(pid_file)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        r = ando_reload("--pid-file", str(pid_file))
         assert r.returncode == 1 and f"process {stranger.pid} is not ando" in r.stderr
         assert stranger.poll() is None
     finally:
