@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the test suite talks to (real servers, no mocks). Installed only when missing.
-APT_TEST_PACKAGES :=
+APT_TEST_PACKAGES := redis-server
 
 .PHONY: run test lint bench bench-validate clean
 

@@ -17,6 +17,7 @@ import orjson
 
 from ando.config.addresses import parse_host_port
 from ando.config.diagnostics import ConfigError, Diagnostic, Path
+from ando.config.plugins import builtin_catalog
 from ando.config.schemas import SchemaChecker, resource_checker, suggest
 from ando.config.snapshot import (
     EMPTY,
@@ -39,7 +40,7 @@ from ando.config.snapshot import (
 )
 from ando.config.tls import check_certificate_pair
 from ando.config.yamlload import Document
-from ando.plugins.catalog import PluginCatalog, PluginSpec, builtin_catalog
+from ando.plugins.catalog import PluginCatalog, PluginSpec
 from ando.router.expr import ExprError, compile_expr
 from ando.router.ipset import IPSet
 
@@ -319,6 +320,9 @@ def _check_plugin_conf(
     if b.schema(checker, body, path):
         checker.apply_defaults(body)
         conf.update(body)
+        if spec.check is not None:
+            for where, message in spec.check(body, on_consumer):
+                b.error((*path, *where), message)
 
 
 def _check_expr(b: _Build, rule: Any, path: Path) -> None:

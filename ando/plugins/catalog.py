@@ -7,7 +7,7 @@ built-in plugins add themselves; Lua plugins (ando/lua) register theirs at load 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +25,9 @@ class PluginSpec:
     consumer_schema: Mapping[str, Any] | None = None
     metadata_schema: Mapping[str, Any] | None = None
     kind: str = "python"
+    # Checks beyond the schema, on a conf the schema accepted: (conf, on_consumer) -> a list of
+    # (path inside the conf, message).
+    check: Callable[[dict[str, Any], bool], list[tuple[tuple[Any, ...], str]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,3 @@ class PluginCatalog:
         """The catalog restricted to the plugins a node enables (`ando.plugins`)."""
         wanted = set(names)
         return PluginCatalog(MappingProxyType({n: s for n, s in self.specs.items() if n in wanted}))
-
-
-def builtin_catalog() -> PluginCatalog:
-    """The plugins built into Ando. None are implemented yet: the plugin pipeline (issue 4)
-    registers each built-in here as it lands, so a config naming one is refused until then."""
-    return PluginCatalog()

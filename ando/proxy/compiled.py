@@ -10,8 +10,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from ando.config.snapshot import Route, Service, Snapshot, Timeout, Upstream, thaw
+from ando.plugins.base import Plugin
+from ando.plugins.chain import ChainBuilder, PluginChain
+from ando.plugins.registry import builtin_plugins
+from ando.plugins.shared import SharedDict
 from ando.proxy.balancer import Balancer, Node, make_balancer
 from ando.proxy.variables import Vars
 from ando.router.expr import compile_expr
@@ -103,12 +108,17 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
 
 
 class RouteRuntime:
-    __slots__ = ("id", "name", "record", "service_id", "timeout", "upstream", "websocket")
+    __slots__ = ("chain", "id", "name", "record", "service_id", "timeout", "upstream", "websocket")
 
     def __init__(
-        self, record: Route, service: Service | None, upstream: UpstreamRuntime | None
+        self,
+        record: Route,
+        service: Service | None,
+        upstream: UpstreamRuntime | None,
+        chain: PluginChain | None = None,
     ) -> None:
         self.record = record
+        self.chain = chain
         self.id = record.id
         self.name = record.name
         self.service_id = record.service_id
@@ -119,22 +129,53 @@ class RouteRuntime:
         self.timeout = record.timeout or base or DEFAULT_TIMEOUT
 
 
-class RuntimeConfig:
-    __slots__ = ("router", "routes", "snapshot", "upstreams")
+def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
+    """The built-ins this node runs: `ando.plugins`, or all of them."""
+    every = builtin_plugins()
+    wanted = snapshot.node.plugins
+    if wanted is None:
+        return every
+    return MappingProxyType({n: c for n, c in every.items() if n in wanted})
 
-    def __init__(self, snapshot: Snapshot) -> None:
+
+class RuntimeConfig:
+    __slots__ = ("global_chain", "router", "routes", "snapshot", "upstreams")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        shared_state: SharedDict | None = None,
+        plugins: Mapping[str, type[Plugin]] | None = None,
+        log: Callable[..., None] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         shared = {uid: UpstreamRuntime(u) for uid, u in snapshot.upstreams.items()}
         service_ups = {
             sid: UpstreamRuntime(s.upstream) for sid, s in snapshot.services.items() if s.upstream
         }
         self.upstreams: Mapping[str, UpstreamRuntime] = MappingProxyType(shared)
+
+        def make_upstream(ref: Any) -> UpstreamRuntime | None:
+            """For plugins that route (traffic-split): an upstream id, or an inline upstream."""
+            if isinstance(ref, str):
+                return shared.get(ref)
+            return UpstreamRuntime(ref)
+
+        chains = ChainBuilder(
+            snapshot,
+            plugins if plugins is not None else enabled_plugins(snapshot),
+            shared_state if shared_state is not None else SharedDict(4096),
+            make_upstream=make_upstream,
+            log=log,
+        )
+        self.global_chain = chains.global_chain
         routes: list[RouteRuntime] = []
         entries: list[RouteEntry] = []
         for r in snapshot.routes:
             service = snapshot.services.get(r.service_id) if r.service_id else None
             upstream = _resolve_upstream(r, service, shared, service_ups)
-            rt = RouteRuntime(r, service, upstream)
+            rt = RouteRuntime(r, service, upstream, chains.route_chain(r, service))
             routes.append(rt)
             if r.status == 0:
                 continue  # disabled: kept for explain and the Admin API, never matched

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 
 from ando.http.server import HttpConnection, Request, json_error, reason_phrase
 from ando.http.upstream import UpstreamConnection, open_connection
+from ando.plugins.context import RequestContext
 from ando.proxy.balancer import NOTHING_TRIED, Node
 from ando.proxy.compiled import RouteRuntime, UpstreamRuntime
+from ando.proxy.pipeline import PluginFailed, filter_body, filter_head
 from ando.proxy.variables import Vars
 
 if TYPE_CHECKING:
@@ -64,10 +66,22 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-forwarded-port",
     b"x-real-ip",
+    # Set by the gateway once an auth plugin identified a consumer; never taken from a client.
+    b"x-consumer-username",
+    b"x-credential-identifier",
 }
 
 # States
 _CONNECTING, _SENDING, _WAITING, _RESPONDING, _TUNNEL, _DONE = range(6)
+
+
+def _target_bytes(uri: str) -> bytes:
+    """A plugin's upstream uri as a request-target: never with bytes that would break the
+    request line (spaces, controls), which are percent-encoded."""
+    raw = uri.encode("utf-8")
+    if any(b <= 0x20 or b == 0x7F for b in raw):
+        raw = b"".join(b"%%%02X" % b if (b <= 0x20 or b == 0x7F) else bytes((b,)) for b in raw)
+    return raw if raw.startswith(b"/") else b"/" + raw
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
@@ -138,6 +152,7 @@ class ProxyExchange:
         "keep_alive",
         "no_body",
         "node",
+        "pctx",
         "pending_head",
         "req",
         "resp_framed",
@@ -166,8 +181,10 @@ class ProxyExchange:
         route: RouteRuntime,
         upstream: UpstreamRuntime,
         vars_: Vars,
+        pctx: RequestContext | None = None,
     ) -> None:
         self.gateway = gateway
+        self.pctx = pctx  # the plugins' context; None on a route without plugins
         self.conn = conn
         self.req = req
         self.route = route
@@ -288,7 +305,9 @@ class ProxyExchange:
         self.up = up
         up.listener = self
         up.requests += 1
-        up.expect_head = self.req.method == "HEAD"
+        up.expect_head = self.req.method == "HEAD" and (
+            self.pctx is None or self.pctx.upstream_method in (None, "HEAD")
+        )
         assert self.node is not None
         if not self.counted:
             self.upstream.balancer.on_start(self.node)
@@ -324,14 +343,23 @@ class ProxyExchange:
         up = self.upstream
         node = self.node
         assert node is not None
+        pctx = self.pctx
         target = req.path.encode()
         if req.query:
             target += b"?" + req.query
         if req.path == "*":
             target = b"*"
-        lines = [req.method.encode() + b" " + target + b" HTTP/1.1\r\n"]
-        # Host, by pass_host.
-        if up.pass_host == "rewrite" and up.upstream_host:
+        method = req.method
+        if pctx is not None:
+            if pctx.upstream_uri is not None:
+                target = _target_bytes(pctx.upstream_uri)
+            if pctx.upstream_method is not None:
+                method = pctx.upstream_method
+        lines = [method.encode() + b" " + target + b" HTTP/1.1\r\n"]
+        # Host: a plugin's rewrite, else by pass_host.
+        if pctx is not None and pctx.upstream_host is not None:
+            host = pctx.upstream_host.encode("latin-1")
+        elif up.pass_host == "rewrite" and up.upstream_host:
             host = up.upstream_host
         elif up.pass_host == "node" or req.raw_host is None:
             host = up.node_hosts[node]
@@ -356,7 +384,9 @@ class ProxyExchange:
                 ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
             ]
         fwd = self.conn.handler_data
-        if fwd is None:  # per connection: the client's address, scheme and port do not change
+        if fwd is None or fwd[3] is not req.client_addr:
+            # Per connection: the client's address, scheme and port do not change (unless
+            # real-ip replaced the address for this request).
             client = req.client_addr.encode()
             fwd = self.conn.handler_data = (
                 client,
@@ -368,6 +398,7 @@ class ProxyExchange:
                 + req.scheme.encode()
                 + b"\r\n"
                 + b"X-Forwarded-Port: %d\r\n" % req.server_port,
+                req.client_addr,
             )
         if xff:
             lines.append(b"X-Forwarded-For: " + xff + b", " + fwd[0] + b"\r\n")
@@ -375,6 +406,10 @@ class ProxyExchange:
             lines.append(fwd[1])
         lines.append(fwd[2])
         lines.append(b"X-Forwarded-Host: " + req.host.encode() + b"\r\n")
+        if pctx is not None and pctx.consumer is not None:
+            lines.append(b"X-Consumer-Username: " + pctx.consumer.username.encode() + b"\r\n")
+            if pctx.credential_id:
+                lines.append(b"X-Credential-Identifier: " + pctx.credential_id.encode() + b"\r\n")
         if self.upgrade:
             lines.append(b"Connection: upgrade\r\n")
             upgrade = req.header(b"upgrade")
@@ -489,6 +524,18 @@ class ProxyExchange:
             self._respond_error(502, "502 Bad Gateway: unexpected protocol switch")
             return
         self.state = _RESPONDING
+        pctx = self.pctx
+        if pctx is not None and status != 101:
+            try:
+                new_status, headers = filter_head(pctx, status, list(headers))
+            except PluginFailed as e:
+                self.gateway.report_plugin_failure(e, pctx)
+                self._discard_upstream()
+                self.state = _WAITING
+                self._respond_error(500, "500 Internal Server Error", filters=False)
+                return
+            if new_status != status:
+                status, reason = new_status, b""
         self.status = status
         out = [b"HTTP/1.1 %d " % status + (reason or reason_phrase(status).encode()) + b"\r\n"]
         named: frozenset[bytes] | None = None
@@ -524,6 +571,8 @@ class ProxyExchange:
             return
         self.no_body = req.method == "HEAD" or status in (204, 304)
         self.resp_framed = self.no_body or length is not None or chunked
+        if pctx is not None and pctx.chain.body_filter and not self.no_body:
+            length = None  # filters may change the body: its length is known only at the end
         keep = req.keep_alive and not self.gateway.draining
         if self.no_body or (length is not None and not chunked):
             pass
@@ -558,6 +607,11 @@ class ProxyExchange:
     def on_upstream_body(self, data: bytes) -> None:
         if self.state != _RESPONDING or self.no_body:
             return
+        pctx = self.pctx
+        if pctx is not None and pctx.chain.body_filter:
+            data = self._filter_body(data, False)
+            if not data:
+                return
         if self.chunk_out:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         self.bytes_sent += len(data)
@@ -570,9 +624,40 @@ class ProxyExchange:
         if self.conn.writing_paused and self.up is not None:
             self.up.pause_reading()
 
+    def _filter_body(self, data: bytes, eof: bool) -> bytes:
+        pctx = self.pctx
+        assert pctx is not None
+        try:
+            return filter_body(pctx, data, eof)
+        except PluginFailed as e:
+            # The head may be out already: all that is left is to cut the response short.
+            self.gateway.report_plugin_failure(e, pctx)
+            self._discard_upstream()
+            self.conn.abort()
+            self._done(keep_alive=False, failed=True)
+            return b""
+
+    def _filter_tail(self) -> None:
+        """body_filter's last call (eof); what it returns goes out before the body ends."""
+        pctx = self.pctx
+        if pctx is not None and pctx.chain.body_filter and not self.no_body:
+            tail = self._filter_body(b"", True)
+            if self.state != _RESPONDING:
+                return
+            if tail:
+                self.pending_head, head = None, self.pending_head
+                self.bytes_sent += len(tail)
+                if self.chunk_out:
+                    tail = b"%x\r\n%s\r\n" % (len(tail), tail)
+                self.conn.write(head + tail if head else tail)
+
     def on_upstream_done(self, reusable: bool) -> None:
         if self.state != _RESPONDING:
             return
+        if self.pctx is not None:
+            self._filter_tail()
+            if self.state != _RESPONDING:
+                return
         head, self.pending_head = self.pending_head, None
         if self.chunk_out:
             self.conn.write(head + b"0\r\n\r\n" if head else b"0\r\n\r\n")
@@ -636,6 +721,10 @@ class ProxyExchange:
                 self._done(keep_alive=False, failed=True)
             else:
                 # Read-until-close framing: EOF ends the body.
+                if self.pctx is not None:
+                    self._filter_tail()
+                    if self.state != _RESPONDING:
+                        return
                 self.on_upstream_flush()
                 if self.chunk_out:
                     self.conn.write(b"0\r\n\r\n")
@@ -732,13 +821,23 @@ class ProxyExchange:
         self._release_node(failed=failed)
         return True
 
-    def _respond_error(self, status: int, message: str) -> None:
+    def _respond_error(self, status: int, message: str, *, filters: bool = True) -> None:
         if not self._end(failed=True):
             return
-        self.status = status
         close = not self.body_done or self.req.upgrade
         body = json_error(status, message)
-        self.bytes_sent += self.conn.send_simple(self.req, status, body, close=close)
+        headers: list[tuple[bytes, bytes]] = []
+        pctx = self.pctx
+        if pctx is not None and filters:
+            try:
+                status, headers = filter_head(pctx, status, headers)
+                if pctx.chain.body_filter:
+                    body = filter_body(pctx, body, True)
+            except PluginFailed as e:
+                self.gateway.report_plugin_failure(e, pctx)
+                status, headers, body = 500, [], json_error(500, "500 Internal Server Error")
+        self.status = status
+        self.bytes_sent += self.conn.send_simple(self.req, status, body, headers, close=close)
         self.gateway.request_finished(self)
         # Break the request <-> exchange cycle, so plain refcounting frees both: left to the
         # cyclic collector, they made it run on a fifth of a loaded worker's samples.

@@ -20,8 +20,21 @@ from ando.http.server import HttpConnection, Limits, Request, json_error
 from ando.http.tls import CertTable, server_context
 from ando.http.upstream import UpstreamPool
 from ando.observability.access_log import AccessLog
-from ando.proxy.compiled import RuntimeConfig
+from ando.plugins.base import Response
+from ando.plugins.context import RequestContext
+from ando.plugins.shared import SharedDict
+from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.exchange import ProxyExchange
+from ando.proxy.pipeline import (
+    UNMATCHED_STAGES,
+    BodyCollector,
+    BodyTooLarge,
+    PluginFailed,
+    filter_body,
+    filter_head,
+    run_log_phase,
+    run_request_phases,
+)
 from ando.proxy.variables import Vars
 
 _NOT_FOUND = json_error(404, "404 Route Not Found")
@@ -29,6 +42,8 @@ _NO_UPSTREAM = json_error(
     503, "503 Service Unavailable: missing upstream configuration in Route or Service"
 )
 _TIMEOUT_SWEEP = 0.25
+# ctx.read_body() without a node body limit (ando.limits.max_body_size) reads at most this.
+PLUGIN_BODY_LIMIT = 16 * 1024 * 1024
 
 
 def limits_from(settings: Mapping[str, Any]) -> Limits:
@@ -43,8 +58,10 @@ def limits_from(settings: Mapping[str, Any]) -> Limits:
 
 
 class Gateway:
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, shared_state: SharedDict | None = None) -> None:
         self.loop = asyncio.get_event_loop()
+        # Node-wide plugin state: made by the master before fork, so all workers share it.
+        self.shared_state = shared_state if shared_state is not None else SharedDict()
         self.pool = UpstreamPool(self.loop)
         self.connections: set[HttpConnection] = set()
         self.inflight = 0
@@ -62,7 +79,7 @@ class Gateway:
 
     def swap(self, snapshot: Snapshot) -> None:
         """Build everything first, then switch with plain assignments (no await in between)."""
-        config = RuntimeConfig(snapshot)
+        config = RuntimeConfig(snapshot, shared_state=self.shared_state, log=self.log_event)
         limits = limits_from(snapshot.node.limits)
         certs = self.certs
         if certs is None or self.config is None or snapshot.ssls != self.config.snapshot.ssls:
@@ -110,18 +127,196 @@ class Gateway:
         v = Vars(req)
         match = config.router.match(req.method, req.host, req.path, req.client_addr, v)
         if match is None:
+            if config.global_chain is not None:
+                self._with_plugins(conn, req, v, None, config.global_chain)
+                return
             sent = conn.send_simple(req, 404, _NOT_FOUND)
             self._log(req, 404, sent, None, None)
             return
         route = match.entry.payload
         v.route_id = route.id
         v.service_id = route.service_id
+        if route.chain is not None:
+            self._with_plugins(conn, req, v, route, route.chain)
+            return
         upstream = route.upstream
         if upstream is None:
             sent = conn.send_simple(req, 503, _NO_UPSTREAM)
             self._log(req, 503, sent, route.id, route.service_id)
             return
         ProxyExchange(self, conn, req, route, upstream, v).start()
+
+    # --- requests with plugins ----------------------------------------------------------------
+
+    def _with_plugins(
+        self, conn: HttpConnection, req: Request, v: Vars, route: RouteRuntime | None, chain: Any
+    ) -> None:
+        ctx = RequestContext(
+            req,
+            v,
+            chain,
+            route.record if route is not None else None,
+            body_reader=lambda: self._read_body(conn, req),
+        )
+        v.ctx = ctx
+        try:
+            result = (
+                run_request_phases(ctx)
+                if route is not None
+                else run_request_phases(ctx, UNMATCHED_STAGES)
+            )
+        except PluginFailed as e:
+            self._plugin_failed(conn, req, ctx, route, e)
+            return
+        if result is None:
+            self._proceed(conn, req, v, route, ctx)
+        elif type(result) is Response:
+            self._answer(conn, req, ctx, route, result)
+        else:
+            task = self.loop.create_task(result)  # type: ignore[arg-type]
+            task.add_done_callback(lambda t: self._resumed(t, conn, req, v, route, ctx))
+
+    def _resumed(
+        self,
+        task: asyncio.Task[Response | None],
+        conn: HttpConnection,
+        req: Request,
+        v: Vars,
+        route: RouteRuntime | None,
+        ctx: RequestContext,
+    ) -> None:
+        if req.lost:  # the client left (or was refused) while a plugin waited
+            status = req.refusal[0] if req.refusal is not None else 499
+            self._finish_plugin_request(req, ctx, route, status, 0)
+            return
+        error = task.exception() if not task.cancelled() else ConnectionError("cancelled")
+        if isinstance(error, BodyTooLarge) or isinstance(
+            getattr(error, "error", None), BodyTooLarge
+        ):
+            self._answer(
+                conn, req, ctx, route, Response(413, {"error_msg": "413 Request Entity Too Large"})
+            )
+            return
+        if error is not None:
+            if not isinstance(error, PluginFailed):
+                error = PluginFailed("?", "access", error)
+            self._plugin_failed(conn, req, ctx, route, error)
+            return
+        result = task.result()
+        if result is None:
+            self._proceed(conn, req, v, route, ctx)
+        else:
+            self._answer(conn, req, ctx, route, result)
+
+    def _proceed(
+        self,
+        conn: HttpConnection,
+        req: Request,
+        v: Vars,
+        route: RouteRuntime | None,
+        ctx: RequestContext,
+    ) -> None:
+        if route is None:
+            self._answer(conn, req, ctx, None, Response(404, {"error_msg": "404 Route Not Found"}))
+            return
+        upstream = ctx.upstream or route.upstream
+        if upstream is None:
+            self._answer(
+                conn,
+                req,
+                ctx,
+                route,
+                Response(
+                    503,
+                    {
+                        "error_msg": "503 Service Unavailable: missing upstream configuration"
+                        " in Route or Service"
+                    },
+                ),
+            )
+            return
+        ProxyExchange(self, conn, req, route, upstream, v, ctx).start()
+
+    def _answer(
+        self,
+        conn: HttpConnection,
+        req: Request,
+        ctx: RequestContext,
+        route: RouteRuntime | None,
+        resp: Response,
+    ) -> None:
+        """A response made by a plugin (or by the gateway for a request with plugins): it goes
+        through the response filters like an upstream's would."""
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers
+            if k.lower() != "content-type"
+        ]
+        try:
+            status, headers = filter_head(ctx, resp.status, headers)
+            body = resp.body
+            if ctx.chain.body_filter:
+                body = filter_body(ctx, body, True)
+        except PluginFailed as e:
+            self._plugin_failed(conn, req, ctx, route, e, filters=False)
+            return
+        content_type = resp.content_type.encode("latin-1")
+        for i, (k, v) in enumerate(headers):
+            if k.lower() == b"content-type":
+                content_type = v
+                del headers[i]
+                break
+        sent = conn.send_simple(req, status, body, headers, content_type=content_type)
+        self._finish_plugin_request(req, ctx, route, status, sent)
+
+    def _plugin_failed(
+        self,
+        conn: HttpConnection,
+        req: Request,
+        ctx: RequestContext,
+        route: RouteRuntime | None,
+        error: PluginFailed,
+        *,
+        filters: bool = True,
+    ) -> None:
+        self.log_event(
+            "plugin_error",
+            level="error",
+            plugin=error.plugin,
+            phase=error.phase,
+            route_id=route.id if route is not None else None,
+            error=repr(error.error),
+            traceback=error.trace,
+        )
+        resp = Response(500, {"error_msg": "500 Internal Server Error"})
+        if filters:
+            self._answer(conn, req, ctx, route, resp)
+            return
+        sent = conn.send_simple(req, 500, resp.body, close=True)
+        self._finish_plugin_request(req, ctx, route, 500, sent)
+
+    def _finish_plugin_request(
+        self, req: Request, ctx: RequestContext, route: RouteRuntime | None, status: int, sent: int
+    ) -> None:
+        ctx.status = status
+        self._log(
+            req, status, sent, route.id if route else None, route.service_id if route else None, ctx
+        )
+
+    def _read_body(self, conn: HttpConnection, req: Request) -> asyncio.Future[bytes]:
+        limit = self.limits.max_body_size or PLUGIN_BODY_LIMIT
+        return BodyCollector(conn, req, limit).start()
+
+    def report_plugin_failure(self, error: PluginFailed, ctx: RequestContext) -> None:
+        self.log_event(
+            "plugin_error",
+            level="error",
+            plugin=error.plugin,
+            phase=error.phase,
+            route_id=ctx.route_id,
+            error=repr(error.error),
+            traceback=error.trace,
+        )
 
     def request_finished(self, ex: ProxyExchange) -> None:
         req = ex.req
@@ -147,12 +342,26 @@ class Gateway:
                     else None,
                     "route_id": ex.route.id,
                     "service_id": ex.route.service_id,
+                    "consumer": ex.pctx.consumer_name if ex.pctx is not None else None,
                 }
             )
+        ctx = ex.pctx
+        if ctx is not None:
+            ctx.status = ex.status
+            ctx.upstream_status = ex.upstream_status
+            ctx.upstream_addr = ex.node.addr if ex.node is not None else None
+            ctx.latency = time.monotonic() - req.start
+            run_log_phase(ctx, self.report_plugin_failure)
         self._check_idle()
 
     def _log(
-        self, req: Request, status: int, sent: int, route_id: str | None, service_id: str | None
+        self,
+        req: Request,
+        status: int,
+        sent: int,
+        route_id: str | None,
+        service_id: str | None,
+        ctx: RequestContext | None = None,
     ) -> None:
         self.inflight -= 1
         log = self.access_log
@@ -173,14 +382,18 @@ class Gateway:
                     "upstream_latency": None,
                     "route_id": route_id,
                     "service_id": service_id,
+                    "consumer": ctx.consumer_name if ctx is not None else None,
                 }
             )
+        if ctx is not None:
+            ctx.latency = time.monotonic() - req.start
+            run_log_phase(ctx, self.report_plugin_failure)
         self._check_idle()
 
-    def log_event(self, event: str, **fields: Any) -> None:
+    def log_event(self, event: str, level: str = "warn", **fields: Any) -> None:
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "level": "warn",
+            "level": level,
             "event": event,
         }
         record.update(fields)

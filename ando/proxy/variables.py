@@ -6,16 +6,21 @@ nothing is parsed until asked: the query string and the Cookie header are parsed
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from ando.http.server import Request
 
+if TYPE_CHECKING:
+    from ando.plugins.context import RequestContext
+
 
 class Vars:
-    __slots__ = ("_args", "_cookies", "req", "route_id", "service_id", "upstream_addr")
+    __slots__ = ("_args", "_cookies", "ctx", "req", "route_id", "service_id", "upstream_addr")
 
     def __init__(self, req: Request) -> None:
         self.req = req
+        self.ctx: RequestContext | None = None  # the plugins' context, on routes with plugins
         self._args: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
         self.route_id: str | None = None
@@ -77,4 +82,8 @@ _SIMPLE = {
     "service_id": lambda v: v.service_id,
     "upstream_addr": lambda v: v.upstream_addr,
     "request_path": lambda v: unquote(v.req.path),
+    "consumer_name": lambda v: v.ctx.consumer_name if v.ctx is not None else None,
+    "consumer_group_id": lambda v: v.ctx.consumer_group_id if v.ctx is not None else None,
+    "route_name": lambda v: v.ctx.route.name if v.ctx is not None and v.ctx.route else None,
+    "status": lambda v: str(v.ctx.status) if v.ctx is not None and v.ctx.status else None,
 }

@@ -9,6 +9,7 @@ lets the process machinery be tested end to end with a tiny gateway of the test'
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from typing import Protocol
@@ -47,9 +48,13 @@ def default_gateway_factory() -> GatewayFactory:
     """The proxy's Gateway, imported only when serving (so `ando validate` stays light). It is
     imported in the master, before forking, so every worker starts with the code already loaded."""
     try:
+        from ando.plugins.shared import SharedDict
         from ando.proxy.gateway import Gateway
     except ModuleNotFoundError as e:
         if e.name in ("ando.proxy", "ando.proxy.gateway"):
             raise ServingUnavailable(str(e)) from None
         raise
-    return Gateway
+    # Node-wide plugin state (rate-limit windows, ...): mapped here, in the master, so every
+    # worker forked from it, respawned ones included, shares the same memory.
+    shared_state = SharedDict()
+    return functools.partial(Gateway, shared_state=shared_state)

@@ -1,0 +1,251 @@
+"""What a plugin sees of one request: the request context API.
+
+Plugins never touch the HTTP layer's objects; they read and change the request through this one
+object, which lives for the request and is shared by every phase of every plugin on it.
+Changes made here (headers, uri, method, host) are what the upstream receives; the request as
+the client sent it stays readable through `var()` (APISIX's `ctx.var`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from ando.plugins.chain import PluginChain
+
+
+def _b(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+class RequestContext:
+    __slots__ = (
+        "_args",
+        "_body_reader",
+        "_data",
+        "_req",
+        "body",
+        "chain",
+        "consumer",
+        "consumer_group_id",
+        "credential_id",
+        "latency",
+        "response_headers",
+        "route",
+        "route_id",
+        "service_id",
+        "status",
+        "upstream",
+        "upstream_addr",
+        "upstream_host",
+        "upstream_method",
+        "upstream_status",
+        "upstream_uri",
+        "var",
+    )
+
+    def __init__(
+        self,
+        req: Any,
+        var: Callable[[str], str | None],
+        chain: PluginChain,
+        route: Any = None,
+        body_reader: Callable[[], Any] | None = None,
+    ) -> None:
+        self._req = req
+        self.var = var  # APISIX variables by name: ctx.var("arg_name"), ctx.var("http_x_id")
+        self.chain = chain
+        self.route = route  # the matched route's record (ando.config.snapshot.Route) or None
+        self.route_id: str | None = route.id if route is not None else None
+        self.service_id: str | None = route.service_id if route is not None else None
+        self.consumer: Any = None  # ando.config.snapshot.Consumer once a plugin identified one
+        self.consumer_group_id: str | None = None
+        self.credential_id: str | None = None
+        self.upstream_uri: str | None = None  # path[?query] sent upstream, when rewritten
+        self.upstream_method: str | None = None
+        self.upstream_host: str | None = None  # the Host header sent upstream, when rewritten
+        self.upstream: Any = None  # an upstream chosen by a plugin (traffic-split)
+        self.response_headers: list[tuple[str, str, bool]] | None = None  # (name, value, add)
+        self.status = 0  # the status the client got (log phase)
+        self.upstream_status = 0
+        self.upstream_addr: str | None = None
+        self.latency = 0.0
+        self.body: bytes | None = None  # the request body, once read_body() read it
+        self._body_reader = body_reader
+        self._args: dict[str, str] | None = None
+        self._data: dict[Any, Any] | None = None
+
+    # --- the request as received ---------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return self._req.method
+
+    @property
+    def path(self) -> str:
+        """The normalized path (no query): the one routing saw."""
+        return self._req.path
+
+    @property
+    def query(self) -> str:
+        return self._req.query.decode("latin-1")
+
+    @property
+    def args(self) -> dict[str, str]:
+        """Query arguments, first value of each name, decoded."""
+        if self._args is None:
+            self._args = {}
+            for k, v in parse_qsl(self.query, keep_blank_values=True):
+                self._args.setdefault(k, v)
+        return self._args
+
+    @property
+    def host(self) -> str:
+        return self._req.host
+
+    @property
+    def scheme(self) -> str:
+        return self._req.scheme
+
+    @property
+    def client_addr(self) -> str:
+        return self._req.client_addr
+
+    @client_addr.setter
+    def client_addr(self, addr: str) -> None:
+        """real-ip: the client's address as the gateway trusts it, from here on (ip-restriction,
+        limits keyed on remote_addr, X-Forwarded-For and X-Real-IP sent upstream)."""
+        self._req.client_addr = addr
+
+    @property
+    def client_port(self) -> int:
+        return self._req.client_port
+
+    @property
+    def has_body(self) -> bool:
+        return self._req.has_body
+
+    @property
+    def data(self) -> dict[Any, Any]:
+        """Scratch space shared by the phases of this request (key by plugin)."""
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    # --- request headers (what the upstream receives) -----------------------------------------
+
+    def header(self, name: str) -> str | None:
+        want = _b(name.lower())
+        for k, v in self._req.headers:
+            if k.lower() == want:
+                return v.decode("latin-1")
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        want = _b(name.lower())
+        return [v.decode("latin-1") for k, v in self._req.headers if k.lower() == want]
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._req.headers]
+
+    def set_header(self, name: str, value: str) -> None:
+        """Replace every value of `name` with `value`."""
+        self.remove_header(name)
+        self._req.headers.append((_b(name), _b(value)))
+
+    def add_header(self, name: str, value: str) -> None:
+        self._req.headers.append((_b(name), _b(value)))
+
+    def remove_header(self, name: str) -> None:
+        want = _b(name.lower())
+        headers = self._req.headers
+        if any(k.lower() == want for k, _ in headers):
+            headers[:] = [(k, v) for k, v in headers if k.lower() != want]
+
+    # --- the upstream request -------------------------------------------------------------------
+
+    def set_uri(self, uri: str) -> None:
+        """The path (and `?query`, if given) sent upstream; routing already happened."""
+        self.upstream_uri = uri
+
+    def set_arg(self, name: str, value: str | None) -> None:
+        """Set (or, with None, remove) one query argument of the upstream request."""
+        from urllib.parse import urlencode
+
+        path, _, query = (self.upstream_uri or self.path + "?" + self.query).partition("?")
+        pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != name]
+        if value is not None:
+            pairs.append((name, value))
+        self.upstream_uri = path + ("?" + urlencode(pairs) if pairs else "")
+
+    # --- the response -------------------------------------------------------------------------
+
+    def set_response_header(self, name: str, value: str) -> None:
+        """A header for the response to this request, whoever makes it (upstream or plugin)."""
+        if self.response_headers is None:
+            self.response_headers = []
+        self.response_headers.append((name, value, False))
+
+    def add_response_header(self, name: str, value: str) -> None:
+        if self.response_headers is None:
+            self.response_headers = []
+        self.response_headers.append((name, value, True))
+
+    # --- consumers ------------------------------------------------------------------------------
+
+    def attach_consumer(self, consumer: Any, credential_id: str | None = None) -> None:
+        """An auth plugin identified `consumer`: its plugins (and its group's) join the chain
+        before `access`, and the upstream hears its name in X-Consumer-Username."""
+        self.consumer = consumer
+        self.consumer_group_id = consumer.group_id
+        self.credential_id = credential_id
+
+    @property
+    def consumer_name(self) -> str | None:
+        return self.consumer.username if self.consumer is not None else None
+
+    # --- the body -------------------------------------------------------------------------------
+
+    async def read_body(self) -> bytes:
+        """The whole request body (b"" when there is none), read once and kept: it still goes
+        upstream afterwards. Bounded by the node's body limit (413 above it)."""
+        if self.body is None:
+            if not self._req.has_body or self._body_reader is None:
+                self.body = b""
+            else:
+                self.body = await self._body_reader()
+        return self.body
+
+
+class ResponseHead:
+    """The response status and headers as `header_filter` sees them, before they are sent."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = headers
+
+    def get(self, name: str) -> str | None:
+        want = _b(name.lower())
+        for k, v in self.headers:
+            if k.lower() == want:
+                return v.decode("latin-1")
+        return None
+
+    def set(self, name: str, value: str) -> None:
+        self.remove(name)
+        self.headers.append((_b(name), _b(value)))
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((_b(name), _b(value)))
+
+    def remove(self, name: str) -> None:
+        want = _b(name.lower())
+        self.headers[:] = [(k, v) for k, v in self.headers if k.lower() != want]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
