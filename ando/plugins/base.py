@@ -78,7 +78,16 @@ class BuildContext:
     "consumer_group:g", "global_rule:1", "plugin_config:p"): node-wide state such as a rate-limit
     window is keyed by it, so the same limit shared by a service's routes counts once."""
 
-    __slots__ = ("cache", "log", "make_upstream", "metadata", "owner", "shared", "snapshot")
+    __slots__ = (
+        "cache",
+        "log",
+        "make_upstream",
+        "metadata",
+        "owner",
+        "shared",
+        "snapshot",
+        "worker_cache",
+    )
 
     def __init__(
         self,
@@ -90,6 +99,7 @@ class BuildContext:
         metadata: Mapping[str, Any] | None = None,
         make_upstream: Callable[[Any], Any] | None = None,
         log: Callable[..., None] | None = None,
+        worker_cache: dict[Any, Any] | None = None,
     ) -> None:
         self.owner = owner
         self.snapshot = snapshot  # ando.config.snapshot.Snapshot
@@ -101,12 +111,22 @@ class BuildContext:
         # an inline upstream object -> the proxy's runtime upstream.
         self.make_upstream = make_upstream
         self.log = log or (lambda event, **fields: None)
+        # Lives as long as the worker, across reloads: clients and connection pools (Redis) a
+        # reload should not reopen. Key by everything that makes one differ.
+        self.worker_cache = worker_cache if worker_cache is not None else {}
 
     def per_snapshot(self, key: Any, build: Callable[[], Any]) -> Any:
         """`build()` once per snapshot for `key`, shared by every instance that asks."""
         found = self.cache.get(key)
         if found is None:
             found = self.cache[key] = build()
+        return found
+
+    def per_worker(self, key: Any, build: Callable[[], Any]) -> Any:
+        """`build()` once per worker process for `key`, kept across reloads."""
+        found = self.worker_cache.get(key)
+        if found is None:
+            found = self.worker_cache[key] = build()
         return found
 
 

@@ -185,8 +185,10 @@ class ChainBuilder:
         *,
         make_upstream: Callable[[Any], Any] | None = None,
         log: Callable[..., None] | None = None,
+        worker_cache: dict[Any, Any] | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.worker_cache = worker_cache if worker_cache is not None else {}
         self.classes = classes
         self.shared = shared
         self.make_upstream = make_upstream
@@ -215,6 +217,7 @@ class ChainBuilder:
                 metadata=self.snapshot.plugin_metadata.get(configured.name),
                 make_upstream=self.make_upstream,
                 log=self.log,
+                worker_cache=self.worker_cache,
             )
             found = self._instances[key] = cls(configured.conf, build)
         return found

@@ -148,6 +148,7 @@ class RuntimeConfig:
         shared_state: SharedDict | None = None,
         plugins: Mapping[str, type[Plugin]] | None = None,
         log: Callable[..., None] | None = None,
+        worker_cache: dict[Any, Any] | None = None,
     ) -> None:
         self.snapshot = snapshot
         shared = {uid: UpstreamRuntime(u) for uid, u in snapshot.upstreams.items()}
@@ -168,6 +169,7 @@ class RuntimeConfig:
             shared_state if shared_state is not None else SharedDict(4096),
             make_upstream=make_upstream,
             log=log,
+            worker_cache=worker_cache,
         )
         self.global_chain = chains.global_chain
         routes: list[RouteRuntime] = []

@@ -62,6 +62,7 @@ class Gateway:
         self.loop = asyncio.get_event_loop()
         # Node-wide plugin state: made by the master before fork, so all workers share it.
         self.shared_state = shared_state if shared_state is not None else SharedDict()
+        self.worker_cache: dict[Any, Any] = {}  # plugins' per-worker clients, across reloads
         self.pool = UpstreamPool(self.loop)
         self.connections: set[HttpConnection] = set()
         self.inflight = 0
@@ -79,7 +80,12 @@ class Gateway:
 
     def swap(self, snapshot: Snapshot) -> None:
         """Build everything first, then switch with plain assignments (no await in between)."""
-        config = RuntimeConfig(snapshot, shared_state=self.shared_state, log=self.log_event)
+        config = RuntimeConfig(
+            snapshot,
+            shared_state=self.shared_state,
+            log=self.log_event,
+            worker_cache=self.worker_cache,
+        )
         limits = limits_from(snapshot.node.limits)
         certs = self.certs
         if certs is None or self.config is None or snapshot.ssls != self.config.snapshot.ssls:
