@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.base import BuildContext, Plugin, Response, implements
 from ando.router.expr import compile_expr
 
 # Phases in which a plugin may answer (before the upstream is asked).
@@ -145,6 +145,31 @@ class PluginChain:
         self.log = glob["log"] + own["log"]
         self.names = tuple(merged)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The plugins a request on this chain meets, in run order, with where each one's
+        configuration came from (for `ando explain`)."""
+        out = []
+        for group in (self._builder.global_configured, tuple(self._merged.values())):
+            rows = []
+            for c in group:
+                cls = self._builder.classes.get(c.name)
+                if cls is None:
+                    continue
+                rows.append(
+                    {
+                        "name": c.name,
+                        "from": c.owner,
+                        "priority": c.meta.get("priority", cls.priority),
+                        "disabled": bool(c.meta.get("disable")),
+                        "phases": [
+                            p for p in _ALL_PHASES if getattr(cls, p) is not getattr(Plugin, p)
+                        ],
+                        "conf": c.conf,
+                    }
+                )
+            out.extend(sorted(rows, key=lambda r: -r["priority"]))
+        return out
+
     def for_consumer(self, consumer: Any) -> PluginChain:
         """This chain with `consumer`'s (and its group's) plugins merged in; built on first use
         and kept for the life of the config."""
@@ -200,6 +225,7 @@ class ChainBuilder:
             glob.extend(
                 _Configured(n, c, f"global_rule:{rule.id}") for n, c in rule.plugins.items()
             )
+        self.global_configured = tuple(glob)
         self.has_globals = bool(glob)
         self.global_entries = self.entries(glob)
         self.global_chain = PluginChain(self, {}) if glob else None
@@ -231,7 +257,7 @@ class ChainBuilder:
             cls = type(plugin)
             priority = c.meta.get("priority", cls.priority)
             for phase in _ALL_PHASES:
-                if getattr(cls, phase) is not getattr(Plugin, phase):
+                if implements(cls, phase):
                     lists[phase].append(Entry(plugin, phase, priority, c.meta))
         return {p: tuple(sorted(v, key=lambda e: -e.priority)) for p, v in lists.items()}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ando.config.snapshot import Snapshot, thaw
+from ando.config.snapshot import Snapshot
 from ando.http.path import BadTarget, split_target
 from ando.http.server import Request
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
@@ -127,7 +127,11 @@ def explain(
             }
         )
     if winner is None:
-        out.outcome = '404 {"error_msg":"404 Route Not Found"}'
+        if config.global_chain is not None:
+            out.plugins = config.global_chain.describe()
+        out.outcome = '404 {"error_msg":"404 Route Not Found"}' + (
+            " (after the global rules' plugins)" if out.plugins else ""
+        )
         return out
     rec = winner.record
     out.route = {
@@ -138,9 +142,7 @@ def explain(
         "priority": rec.priority,
         "enable_websocket": winner.websocket,
     }
-    out.plugins = [
-        {"name": name, "from": "route", "conf": thaw(conf)} for name, conf in rec.plugins.items()
-    ]
+    out.plugins = winner.chain.describe() if winner.chain is not None else []
     up = winner.upstream
     if up is None:
         out.outcome = "503: the route has no upstream (missing upstream configuration)"
@@ -188,9 +190,11 @@ def render_text(e: Explanation) -> str:
             + (f", service {rt['service_id']}" if rt["service_id"] else "")
         )
         if e.plugins:
-            lines.append("plugins:  " + ", ".join(p["name"] for p in e.plugins))
+            lines.append("plugins:  " + ", ".join(_plugin_text(p) for p in e.plugins))
         else:
             lines.append("plugins:  none")
+    elif e.plugins:
+        lines.append("plugins:  " + ", ".join(_plugin_text(p) for p in e.plugins))
     if e.upstream is not None:
         u = e.upstream
         nodes = ", ".join(
@@ -206,3 +210,8 @@ def render_text(e: Explanation) -> str:
         )
     lines.append(f"outcome:  {e.outcome}")
     return "\n".join(lines)
+
+
+def _plugin_text(p: dict[str, Any]) -> str:
+    off = ", disabled" if p.get("disabled") else ""
+    return f"{p['name']} ({p['from']}, priority {p['priority']}{off})"

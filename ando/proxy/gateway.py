@@ -20,7 +20,7 @@ from ando.http.server import HttpConnection, Limits, Request, json_error
 from ando.http.tls import CertTable, server_context
 from ando.http.upstream import UpstreamPool
 from ando.observability.access_log import AccessLog
-from ando.plugins.base import Response
+from ando.plugins.base import Plugin, Response
 from ando.plugins.context import RequestContext
 from ando.plugins.shared import SharedDict
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
@@ -58,11 +58,17 @@ def limits_from(settings: Mapping[str, Any]) -> Limits:
 
 
 class Gateway:
-    def __init__(self, snapshot: Snapshot, shared_state: SharedDict | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        shared_state: SharedDict | None = None,
+        plugins: Mapping[str, type[Plugin]] | None = None,
+    ) -> None:
         self.loop = asyncio.get_event_loop()
         # Node-wide plugin state: made by the master before fork, so all workers share it.
         self.shared_state = shared_state if shared_state is not None else SharedDict()
         self.worker_cache: dict[Any, Any] = {}  # plugins' per-worker clients, across reloads
+        self.plugins = plugins  # None: the built-ins the config enables (`ando.plugins`)
         self.pool = UpstreamPool(self.loop)
         self.connections: set[HttpConnection] = set()
         self.inflight = 0
@@ -83,6 +89,7 @@ class Gateway:
         config = RuntimeConfig(
             snapshot,
             shared_state=self.shared_state,
+            plugins=self.plugins,
             log=self.log_event,
             worker_cache=self.worker_cache,
         )
