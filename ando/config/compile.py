@@ -20,23 +20,22 @@ from ando.config.diagnostics import ConfigError, Diagnostic, Path
 from ando.config.plugins import builtin_catalog
 from ando.config.schemas import SchemaChecker, resource_checker, suggest
 from ando.config.snapshot import (
+    DEFAULT_PORTS,
     EMPTY,
     SSL,
     Certificate,
     Consumer,
     ConsumerGroup,
     GlobalRule,
-    KeepalivePool,
     Listener,
     NodeSettings,
     PluginConfig,
     Route,
     Service,
     Snapshot,
-    Timeout,
-    Upstream,
-    UpstreamNode,
     freeze,
+    timeout_from_conf,
+    upstream_from_conf,
 )
 from ando.config.tls import check_certificate_pair
 from ando.config.yamlload import Document
@@ -66,7 +65,6 @@ _WITH_PLUGINS = (
     "plugin_configs",
     "global_rules",
 )
-_DEFAULT_PORT = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
 
 _META_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -363,6 +361,17 @@ def _check_references(b: _Build) -> None:
     for i, consumer in b.valid["consumers"]:
         if "group_id" in consumer:
             _ref(b, consumer["group_id"], "consumer_groups", ("consumers", i, "group_id"))
+    for section in _WITH_PLUGINS:
+        for i, item in b.valid[section]:
+            plugins = item.get("plugins")
+            if not isinstance(plugins, dict):
+                continue
+            for name, conf in plugins.items():
+                spec = b.catalog.get(name)
+                if spec is None or spec.references is None or not isinstance(conf, dict):
+                    continue
+                for where, target, ident in spec.references(conf):
+                    _ref(b, ident, target, (section, i, "plugins", name, *where))
     services = {s["id"]: s for _, s in b.valid["services"]}
     configs = {c["id"]: c for _, c in b.valid["plugin_configs"]}
     for i, route in b.valid["routes"]:
@@ -420,7 +429,7 @@ def _check_ip(b: _Build, value: str, path: Path) -> None:
 
 def _check_upstream(b: _Build, up: dict[str, Any], path: Path) -> None:
     nodes = up.get("nodes")
-    default_port = _DEFAULT_PORT.get(up.get("scheme", "http"))
+    default_port = DEFAULT_PORTS.get(up.get("scheme", "http"))
     if isinstance(nodes, dict):
         for addr in nodes:
             try:
@@ -459,64 +468,6 @@ def _check_ssl(b: _Build, ssl: dict[str, Any], path: Path) -> None:
 # --- compiling records ----------------------------------------------------------------------
 
 
-def _timeout(raw: Mapping[str, Any] | None) -> Timeout | None:
-    if not raw:
-        return None
-    return Timeout(
-        float(raw.get("connect", 60)), float(raw.get("send", 60)), float(raw.get("read", 60))
-    )
-
-
-def _nodes(raw: Any, scheme: str) -> tuple[UpstreamNode, ...]:
-    default_port = _DEFAULT_PORT.get(scheme, 80)
-    out: list[UpstreamNode] = []
-    if isinstance(raw, dict):
-        for addr, weight in raw.items():
-            host, port = parse_host_port(addr, default_port)
-            out.append(UpstreamNode(host, port, int(weight)))
-    elif isinstance(raw, list):
-        for n in raw:
-            host = n["host"].strip("[]")
-            out.append(
-                UpstreamNode(
-                    host,
-                    int(n.get("port") or default_port),
-                    int(n.get("weight", 1)),
-                    int(n.get("priority", 0)),
-                    freeze(n.get("metadata", {})),
-                )
-            )
-    return tuple(out)
-
-
-def _upstream(raw: Mapping[str, Any], ident: str) -> Upstream:
-    scheme = raw.get("scheme", "http")
-    pool = raw.get("keepalive_pool", {})
-    return Upstream(
-        id=ident,
-        type=raw.get("type", "roundrobin"),
-        nodes=_nodes(raw.get("nodes", {}), scheme),
-        hash_on=raw.get("hash_on", "vars"),
-        key=raw.get("key"),
-        retries=raw.get("retries"),
-        retry_timeout=float(raw.get("retry_timeout", 0)),
-        timeout=_timeout(raw.get("timeout")),
-        scheme=scheme,
-        pass_host=raw.get("pass_host", "pass"),
-        upstream_host=raw.get("upstream_host"),
-        keepalive_pool=KeepalivePool(
-            int(pool.get("size", 320)),
-            float(pool.get("idle_timeout", 60)),
-            int(pool.get("requests", 1000)),
-        ),
-        checks=freeze(raw["checks"]) if "checks" in raw else None,
-        tls=freeze(raw["tls"]) if "tls" in raw else None,
-        name=raw.get("name"),
-        desc=raw.get("desc"),
-        labels=freeze(raw.get("labels", {})),
-    )
-
-
 def _one_or_many(item: Mapping[str, Any], one: str, many: str) -> tuple[Any, ...] | None:
     if many in item:
         return tuple(item[many])
@@ -531,12 +482,14 @@ def _opt_id(item: Mapping[str, Any], field: str) -> str | None:
 
 def _compile(b: _Build, node: NodeSettings) -> Snapshot:
     v = b.valid
-    upstreams = {u["id"]: _upstream(u, u["id"]) for _, u in v["upstreams"]}
+    upstreams = {u["id"]: upstream_from_conf(u, u["id"]) for _, u in v["upstreams"]}
     services = {
         s["id"]: Service(
             id=s["id"],
             upstream_id=_opt_id(s, "upstream_id"),
-            upstream=_upstream(s["upstream"], f"service:{s['id']}") if "upstream" in s else None,
+            upstream=upstream_from_conf(s["upstream"], f"service:{s['id']}")
+            if "upstream" in s
+            else None,
             plugins=freeze(s.get("plugins", {})),
             hosts=tuple(h.lower() for h in s["hosts"]) if "hosts" in s else None,
             enable_websocket=s.get("enable_websocket"),
@@ -556,11 +509,13 @@ def _compile(b: _Build, node: NodeSettings) -> Snapshot:
             vars=freeze(r["vars"]) if "vars" in r else None,
             priority=int(r.get("priority", 0)),
             status=int(r.get("status", 1)),
-            timeout=_timeout(r.get("timeout")),
+            timeout=timeout_from_conf(r.get("timeout")),
             enable_websocket=r.get("enable_websocket"),
             service_id=_opt_id(r, "service_id"),
             upstream_id=_opt_id(r, "upstream_id"),
-            upstream=_upstream(r["upstream"], f"route:{r['id']}") if "upstream" in r else None,
+            upstream=upstream_from_conf(r["upstream"], f"route:{r['id']}")
+            if "upstream" in r
+            else None,
             plugins=freeze(r.get("plugins", {})),
             plugin_config_id=_opt_id(r, "plugin_config_id"),
             name=r.get("name"),

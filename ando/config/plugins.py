@@ -29,6 +29,7 @@ def builtin_catalog() -> PluginCatalog:
                 consumer_schema=consumer,
                 metadata_schema=metadata,
                 check=cls.check_conf,
+                references=cls.references,
             )
         )
     return PluginCatalog.of(specs)

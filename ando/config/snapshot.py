@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ando.config.addresses import parse_host_port
+
 FrozenMap = Mapping[str, Any]
 EMPTY: FrozenMap = MappingProxyType({})
 
@@ -78,6 +80,78 @@ class Upstream:
     name: str | None
     desc: str | None
     labels: FrozenMap
+
+
+# The port a node without one gets, by upstream scheme (APISIX's).
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
+    {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
+)
+
+
+def timeout_from_conf(raw: Mapping[str, Any] | None) -> Timeout | None:
+    """A `timeout` object (connect/send/read seconds) as a record; None when not set."""
+    if not raw:
+        return None
+    return Timeout(
+        float(raw.get("connect", 60)), float(raw.get("send", 60)), float(raw.get("read", 60))
+    )
+
+
+def nodes_from_conf(raw: Any, scheme: str) -> tuple[UpstreamNode, ...]:
+    """Both APISIX node spellings, `{"host:port": weight}` and `[{host, port, weight}]`, as
+    records; a node without a port gets the scheme's. Raises ValueError on a bad address (a
+    validated config never has one)."""
+    default_port = DEFAULT_PORTS.get(scheme, 80)
+    out: list[UpstreamNode] = []
+    if isinstance(raw, Mapping):
+        for addr, weight in raw.items():
+            host, port = parse_host_port(addr, default_port)
+            out.append(UpstreamNode(host, port, int(weight)))
+    elif isinstance(raw, list | tuple):
+        for n in raw:
+            host = n["host"].strip("[]")
+            out.append(
+                UpstreamNode(
+                    host,
+                    int(n.get("port") or default_port),
+                    int(n.get("weight", 1)),
+                    int(n.get("priority", 0)),
+                    freeze(n.get("metadata", {})),
+                )
+            )
+    return tuple(out)
+
+
+def upstream_from_conf(raw: Mapping[str, Any], ident: str) -> Upstream:
+    """An upstream object as written (a resource, a route's or service's inline one, or a
+    plugin's, e.g. traffic-split's) as a record, its unset fields at APISIX's defaults. Shared
+    by the compiler and the proxy so that every upstream means the same thing wherever it is
+    written."""
+    scheme = raw.get("scheme", "http")
+    pool = raw.get("keepalive_pool", {})
+    return Upstream(
+        id=ident,
+        type=raw.get("type", "roundrobin"),
+        nodes=nodes_from_conf(raw.get("nodes", {}), scheme),
+        hash_on=raw.get("hash_on", "vars"),
+        key=raw.get("key"),
+        retries=raw.get("retries"),
+        retry_timeout=float(raw.get("retry_timeout", 0)),
+        timeout=timeout_from_conf(raw.get("timeout")),
+        scheme=scheme,
+        pass_host=raw.get("pass_host", "pass"),
+        upstream_host=raw.get("upstream_host"),
+        keepalive_pool=KeepalivePool(
+            int(pool.get("size", 320)),
+            float(pool.get("idle_timeout", 60)),
+            int(pool.get("requests", 1000)),
+        ),
+        checks=freeze(raw["checks"]) if "checks" in raw else None,
+        tls=freeze(raw["tls"]) if "tls" in raw else None,
+        name=raw.get("name"),
+        desc=raw.get("desc"),
+        labels=freeze(raw.get("labels", {})),
+    )
 
 
 @dataclass(frozen=True, slots=True)

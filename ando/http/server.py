@@ -661,7 +661,9 @@ class HttpConnection(asyncio.Protocol):
             b"Date: " + http_date() + b"\r\n",
             b"Server: ando\r\n",
         ]
-        if body or status not in (204, 304):
+        if status in (204, 304):
+            body = b""  # these never have a body: a Content-Length would make the client wait
+        else:
             head.append(b"Content-Type: " + content_type + b"\r\n")
             head.append(b"Content-Length: %d\r\n" % len(body))
         for k, v in headers:

@@ -155,6 +155,12 @@ class Plugin:
         `ando validate` time on a conf the schema accepted (defaults applied)."""
         return []
 
+    @classmethod
+    def references(cls, conf: dict[str, Any]) -> list[tuple[tuple[Any, ...], str, Any]]:
+        """Other resources this configuration names, as (path inside the conf, section, id):
+        `ando validate` reports any that does not exist (e.g. traffic-split's upstream_id)."""
+        return []
+
     def rewrite(self, ctx: RequestContext) -> Response | None:
         return None
 

@@ -28,6 +28,8 @@ class PluginSpec:
     # Checks beyond the schema, on a conf the schema accepted: (conf, on_consumer) -> a list of
     # (path inside the conf, message).
     check: Callable[[dict[str, Any], bool], list[tuple[tuple[Any, ...], str]]] | None = None
+    # Other resources a conf names: conf -> a list of (path inside the conf, section, id).
+    references: Callable[[dict[str, Any]], list[tuple[tuple[Any, ...], str, Any]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,8 +76,14 @@ def _with_error_response(
 
         return replaced_async
 
+    async def swapped_later(pending: Any) -> Any:
+        return swap(await pending)
+
     def replaced(ctx: Any) -> Any:
-        return swap(fn(ctx))
+        result = fn(ctx)
+        if result is None or isinstance(result, Response):
+            return swap(result)
+        return swapped_later(result)  # a sync phase that had to wait after all
 
     return replaced
 

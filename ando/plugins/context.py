@@ -20,6 +20,15 @@ def _b(text: str) -> bytes:
     return text.encode("latin-1")
 
 
+def header_bytes(value: str) -> bytes:
+    """A header value as sent: CR, LF and NUL would end the header (response splitting, or a
+    request smuggled upstream), so a plugin that tries to send one fails its request instead."""
+    raw = value.encode("latin-1")
+    if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+        raise ValueError(f"header value with CR, LF or NUL: {value[:40]!r}")
+    return raw
+
+
 class RequestContext:
     __slots__ = (
         "_args",
@@ -40,6 +49,7 @@ class RequestContext:
         "upstream",
         "upstream_addr",
         "upstream_host",
+        "upstream_latency",
         "upstream_method",
         "upstream_status",
         "upstream_uri",
@@ -71,6 +81,7 @@ class RequestContext:
         self.status = 0  # the status the client got (log phase)
         self.upstream_status = 0
         self.upstream_addr: str | None = None
+        self.upstream_latency: float | None = None  # seconds to the upstream's response head
         self.latency = 0.0
         self.body: bytes | None = None  # the request body, once read_body() read it
         self._body_reader = body_reader
@@ -123,6 +134,10 @@ class RequestContext:
     def client_port(self) -> int:
         return self._req.client_port
 
+    @client_port.setter
+    def client_port(self, port: int) -> None:
+        self._req.client_port = port
+
     @property
     def has_body(self) -> bool:
         return self._req.has_body
@@ -153,11 +168,12 @@ class RequestContext:
 
     def set_header(self, name: str, value: str) -> None:
         """Replace every value of `name` with `value`."""
+        raw = header_bytes(value)
         self.remove_header(name)
-        self._req.headers.append((_b(name), _b(value)))
+        self._req.headers.append((_b(name), raw))
 
     def add_header(self, name: str, value: str) -> None:
-        self._req.headers.append((_b(name), _b(value)))
+        self._req.headers.append((_b(name), header_bytes(value)))
 
     def remove_header(self, name: str) -> None:
         want = _b(name.lower())
@@ -237,11 +253,12 @@ class ResponseHead:
         return None
 
     def set(self, name: str, value: str) -> None:
+        raw = header_bytes(value)
         self.remove(name)
-        self.headers.append((_b(name), _b(value)))
+        self.headers.append((_b(name), raw))
 
     def add(self, name: str, value: str) -> None:
-        self.headers.append((_b(name), _b(value)))
+        self.headers.append((_b(name), header_bytes(value)))
 
     def remove(self, name: str) -> None:
         want = _b(name.lower())

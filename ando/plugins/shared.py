@@ -10,94 +10,126 @@ The table is a fixed array of buckets of SLOTS_PER_BUCKET slots. A key hashes (b
 across processes, unlike `hash()`) to one bucket and lives only there, so one lock per bucket
 group makes every operation atomic across processes without a global lock. A full bucket evicts
 an expired entry, or else the one that expires soonest (nginx's shared dicts evict too: this is
-state for limiting, not storage). An entry holds two floats, `a` and `b`, and an expiry time.
+state for limiting, not storage). An entry holds two floats, `a` and `b`, and an expiry time
+(wall-clock seconds, so every process reads the same clock).
+
+The memory is a memfd, and the locks are fcntl byte-range locks on it (one byte per stripe):
+the kernel drops a process's locks when it dies, so a worker killed inside an operation (OOM
+killer, SIGKILL) cannot leave a stripe locked for the others, as a semaphore would. These locks
+belong to a process, not a thread: a worker is one thread, which is all this is built for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mmap
-import multiprocessing
+import os
 import struct
 import time
 from collections.abc import Callable
+from fcntl import LOCK_EX, LOCK_UN, lockf
 
 SLOTS_PER_BUCKET = 8
 _SLOT = struct.Struct("<Qddd")  # key hash (0: empty), expires (0: never), a, b
 _LOCK_STRIPES = 64
+_BUCKET = struct.Struct("<" + "Qddd" * SLOTS_PER_BUCKET)
+_FIELDS = 4 * SLOTS_PER_BUCKET
+_INF = float("inf")
 
 
-def _key_hash(key: str) -> int:
-    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return h or 1
+_HASH_CACHE_MAX = 4096
 
 
 class SharedDict:
-    __slots__ = ("_buckets", "_locks", "_mem", "capacity")
+    __slots__ = ("_buckets", "_fd", "_hashes", "_mem", "capacity")
 
     def __init__(self, capacity: int = 65536) -> None:
         """Made in the master before fork (or in-process, for one worker)."""
         self._buckets = max(capacity // SLOTS_PER_BUCKET, 1)
         self.capacity = self._buckets * SLOTS_PER_BUCKET
-        self._mem = mmap.mmap(-1, self.capacity * _SLOT.size)  # MAP_SHARED | MAP_ANONYMOUS
-        ctx = multiprocessing.get_context("fork")
-        self._locks = tuple(ctx.Lock() for _ in range(_LOCK_STRIPES))
+        size = self.capacity * _SLOT.size
+        self._fd = os.memfd_create("ando-shared", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, size)
+        self._mem = mmap.mmap(self._fd, size)  # MAP_SHARED: forked workers see every write
+        # Keys repeat (one per client, route, consumer): their hashes are kept per process.
+        self._hashes: dict[str, int] = {}
+
+    def _key_hash(self, key: str) -> int:
+        h = self._hashes.get(key)
+        if h is None:
+            h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+            h = h or 1
+            if len(self._hashes) >= _HASH_CACHE_MAX:
+                self._hashes.clear()
+            self._hashes[key] = h
+        return h
 
     def _find(self, h: int, now: float) -> tuple[int, bool]:
         """The slot offset for key hash `h` in its bucket and whether it holds a live entry:
         its own slot, else a free or expired one, else the one expiring soonest."""
-        base = (h % self._buckets) * SLOTS_PER_BUCKET * _SLOT.size
-        mem = self._mem
+        base = (h % self._buckets) * _BUCKET.size
+        fields = _BUCKET.unpack_from(self._mem, base)  # the whole bucket in one call
         victim = -1
-        victim_exp = float("inf")
-        for i in range(SLOTS_PER_BUCKET):
-            off = base + i * _SLOT.size
-            kh, exp, _a, _b = _SLOT.unpack_from(mem, off)
+        victim_exp = _INF
+        for i in range(0, _FIELDS, 4):
+            kh = fields[i]
+            exp = fields[i + 1]
             live = kh != 0 and (exp == 0.0 or exp > now)
             if kh == h:
-                return off, live
+                return base + (i >> 2) * _SLOT.size, live
             if not live:
                 if victim_exp > -1.0:
-                    victim, victim_exp = off, -1.0
+                    victim, victim_exp = i >> 2, -1.0
             elif exp != 0.0 and exp < victim_exp:
-                victim, victim_exp = off, exp
+                victim, victim_exp = i >> 2, exp
         if victim < 0:
-            victim = base  # every entry lives forever: take the first
-        return victim, False
-
-    def _lock(self, h: int) -> multiprocessing.synchronize.Lock:  # type: ignore[name-defined]
-        return self._locks[(h % self._buckets) % _LOCK_STRIPES]
+            victim = 0  # every entry lives forever: take the first
+        return base + victim * _SLOT.size, False
 
     def get(self, key: str) -> tuple[float, float] | None:
         """(a, b) of a live entry, or None."""
-        h = _key_hash(key)
-        with self._lock(h):
+        h = self._key_hash(key)
+        stripe = (h % self._buckets) % _LOCK_STRIPES
+        lockf(self._fd, LOCK_EX, 1, stripe)
+        try:
             off, live = self._find(h, time.time())
             if not live:
                 return None
             _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
             return a, b
+        finally:
+            lockf(self._fd, LOCK_UN, 1, stripe)
 
     def set(self, key: str, a: float, b: float = 0.0, ttl: float = 0.0) -> None:
-        h = _key_hash(key)
+        h = self._key_hash(key)
         now = time.time()
-        with self._lock(h):
+        stripe = (h % self._buckets) % _LOCK_STRIPES
+        lockf(self._fd, LOCK_EX, 1, stripe)
+        try:
             off, _live = self._find(h, now)
             _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
+        finally:
+            lockf(self._fd, LOCK_UN, 1, stripe)
 
     def delete(self, key: str) -> None:
-        h = _key_hash(key)
-        with self._lock(h):
+        h = self._key_hash(key)
+        stripe = (h % self._buckets) % _LOCK_STRIPES
+        lockf(self._fd, LOCK_EX, 1, stripe)
+        try:
             off, live = self._find(h, time.time())
             if live:
                 _SLOT.pack_into(self._mem, off, 0, 0.0, 0.0, 0.0)
+        finally:
+            lockf(self._fd, LOCK_UN, 1, stripe)
 
     def incr(self, key: str, delta: float, ttl: float = 0.0) -> tuple[float, float]:
         """Add `delta` to `a` and return (a, expires). A missing or expired entry starts at
         `delta` and expires `ttl` seconds from now (never when ttl is 0): a fixed window."""
-        h = _key_hash(key)
+        h = self._key_hash(key)
         now = time.time()
-        with self._lock(h):
+        stripe = (h % self._buckets) % _LOCK_STRIPES
+        lockf(self._fd, LOCK_EX, 1, stripe)
+        try:
             off, live = self._find(h, now)
             if live:
                 _kh, exp, a, b = _SLOT.unpack_from(self._mem, off)
@@ -106,6 +138,8 @@ class SharedDict:
                 exp, a, b = (now + ttl if ttl > 0 else 0.0), delta, 0.0
             _SLOT.pack_into(self._mem, off, h, exp, a, b)
             return a, exp
+        finally:
+            lockf(self._fd, LOCK_UN, 1, stripe)
 
     def update(
         self,
@@ -115,10 +149,12 @@ class SharedDict:
     ) -> float:
         """Read-modify-write under the entry's lock: `change(a, b, existed)` returns the new
         (a, b) and a result handed back to the caller. The entry's expiry restarts at `ttl`.
-        `change` must be quick and must not touch this dict."""
-        h = _key_hash(key)
+        `change` must be quick and must not touch this dict; if it raises, nothing changes."""
+        h = self._key_hash(key)
         now = time.time()
-        with self._lock(h):
+        stripe = (h % self._buckets) % _LOCK_STRIPES
+        lockf(self._fd, LOCK_EX, 1, stripe)
+        try:
             off, live = self._find(h, now)
             if live:
                 _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
@@ -127,3 +163,5 @@ class SharedDict:
             a, b, result = change(a, b, live)
             _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
             return result
+        finally:
+            lockf(self._fd, LOCK_UN, 1, stripe)

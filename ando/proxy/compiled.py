@@ -12,7 +12,15 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ando.config.snapshot import Route, Service, Snapshot, Timeout, Upstream, thaw
+from ando.config.snapshot import (
+    Route,
+    Service,
+    Snapshot,
+    Timeout,
+    Upstream,
+    thaw,
+    upstream_from_conf,
+)
 from ando.plugins.base import Plugin
 from ando.plugins.chain import ChainBuilder, PluginChain
 from ando.plugins.registry import builtin_plugins
@@ -158,9 +166,14 @@ class RuntimeConfig:
         self.upstreams: Mapping[str, UpstreamRuntime] = MappingProxyType(shared)
 
         def make_upstream(ref: Any) -> UpstreamRuntime | None:
-            """For plugins that route (traffic-split): an upstream id, or an inline upstream."""
+            """For plugins that route (traffic-split): an upstream id (None when no upstream has
+            it), or an inline upstream object as the plugin's configuration holds it (validated
+            and defaulted by the plugin's schema), which becomes a record as a route's own
+            does; its `id`, when the plugin sets one, names it in logs."""
             if isinstance(ref, str):
                 return shared.get(ref)
+            if isinstance(ref, Mapping):
+                ref = upstream_from_conf(ref, str(ref.get("id", "inline")))
             return UpstreamRuntime(ref)
 
         chains = ChainBuilder(

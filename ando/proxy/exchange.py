@@ -162,6 +162,7 @@ class ProxyExchange:
         "started",
         "state",
         "status",
+        "timeout",
         "tracked",
         "tried",
         "up",
@@ -185,6 +186,11 @@ class ProxyExchange:
     ) -> None:
         self.gateway = gateway
         self.pctx = pctx  # the plugins' context; None on a route without plugins
+        # The route's own timeouts, else the upstream's: a plugin's choice of upstream
+        # (traffic-split) brings its own.
+        self.timeout = route.timeout
+        if upstream is not route.upstream:
+            self.timeout = route.record.timeout or upstream.timeout or route.timeout
         self.conn = conn
         self.req = req
         self.route = route
@@ -266,7 +272,7 @@ class ProxyExchange:
                 node.host,
                 node.port,
                 node.addr,
-                self.route.timeout.connect,
+                self.timeout.connect,
                 self.upstream.tls,
                 node.host,
             )
@@ -333,9 +339,9 @@ class ProxyExchange:
             self.conn.resume_reading()
         if self.body_done:
             self.state = _WAITING
-            self._arm(self.route.timeout.read)
+            self._arm(self.timeout.read)
         else:
-            self._arm(self.route.timeout.send if up.writing_paused else CLIENT_BODY_TIMEOUT)
+            self._arm(self.timeout.send if up.writing_paused else CLIENT_BODY_TIMEOUT)
         # Bytes after an Upgrade request stay in self._held until the 101 arrives.
 
     def _request_head(self) -> bytes:
@@ -444,7 +450,7 @@ class ProxyExchange:
         up.write(self._frame(data))
         if up.writing_paused:
             self.conn.pause_reading()
-            self._arm(self.route.timeout.send)  # waiting on the upstream to take it
+            self._arm(self.timeout.send)  # waiting on the upstream to take it
         else:
             self._arm(CLIENT_BODY_TIMEOUT)  # waiting on the client for more
 
@@ -455,7 +461,7 @@ class ProxyExchange:
         self._send_body_end()
         if self.state == _SENDING:
             self.state = _WAITING
-            self._arm(self.route.timeout.read)
+            self._arm(self.timeout.read)
 
     def _send_body_end(self) -> None:
         if self.chunk_in and self.up is not None:
@@ -474,7 +480,7 @@ class ProxyExchange:
         if self.up is not None:
             self.up.resume_reading()
         if self.state == _RESPONDING:
-            self._arm(self.route.timeout.read)
+            self._arm(self.timeout.read)
 
     def on_client_lost(self) -> None:
         if self.state == _DONE:
@@ -488,7 +494,7 @@ class ProxyExchange:
     def on_tunnel_data(self, data: bytes) -> None:
         if self.state == _TUNNEL:
             if self.up is not None:
-                self._arm(self.route.timeout.read)
+                self._arm(self.timeout.read)
                 self.up.write(data)
                 if self.up.writing_paused:
                     self.conn.pause_reading()
@@ -505,7 +511,7 @@ class ProxyExchange:
     def on_upstream_pause(self) -> None:
         self.conn.pause_reading()
         if self.state == _SENDING:
-            self._arm(self.route.timeout.send)
+            self._arm(self.timeout.send)
 
     def on_upstream_resume(self) -> None:
         self.conn.resume_reading()
@@ -595,7 +601,7 @@ class ProxyExchange:
         # Held until the body (usually in the same read) or the end of this read: one write,
         # one syscall, for a whole small response.
         self.pending_head = head
-        self._arm(self.route.timeout.read)
+        self._arm(self.timeout.read)
 
     def on_upstream_flush(self) -> None:
         """The upstream read that delivered the head is fully parsed: don't sit on the head."""
@@ -619,7 +625,7 @@ class ProxyExchange:
         if head is not None:
             self.pending_head = None
             data = head + data
-        self._arm(self.route.timeout.read)
+        self._arm(self.timeout.read)
         self.conn.write(data)  # may pause the client side (on_client_pause re-arms the deadline)
         if self.conn.writing_paused and self.up is not None:
             self.up.pause_reading()
@@ -678,7 +684,7 @@ class ProxyExchange:
             return
         self.state = _TUNNEL
         # As nginx: a tunnel idle (no byte either way) for the read timeout is closed.
-        self._arm(self.route.timeout.read)
+        self._arm(self.timeout.read)
         self.conn.start_tunnel(self)
         held, self._held = self._held, None
         if held and self.up is not None:
@@ -690,7 +696,7 @@ class ProxyExchange:
 
     def on_upstream_tunnel_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        self._arm(self.route.timeout.read)
+        self._arm(self.timeout.read)
         self.conn.write(data)
         if self.conn.writing_paused and self.up is not None:
             self.up.pause_reading()

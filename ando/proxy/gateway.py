@@ -21,7 +21,7 @@ from ando.http.tls import CertTable, server_context
 from ando.http.upstream import UpstreamPool
 from ando.observability.access_log import AccessLog
 from ando.plugins.base import Plugin, Response
-from ando.plugins.context import RequestContext
+from ando.plugins.context import RequestContext, header_bytes
 from ando.plugins.shared import SharedDict
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.exchange import ProxyExchange
@@ -42,6 +42,7 @@ _NO_UPSTREAM = json_error(
     503, "503 Service Unavailable: missing upstream configuration in Route or Service"
 )
 _TIMEOUT_SWEEP = 0.25
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 # ctx.read_body() without a node body limit (ando.limits.max_body_size) reads at most this.
 PLUGIN_BODY_LIMIT = 16 * 1024 * 1024
 
@@ -260,12 +261,12 @@ class Gateway:
     ) -> None:
         """A response made by a plugin (or by the gateway for a request with plugins): it goes
         through the response filters like an upstream's would."""
-        headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in resp.headers
-            if k.lower() != "content-type"
-        ]
         try:
+            headers = [
+                (k.encode("latin-1"), header_bytes(v))
+                for k, v in resp.headers
+                if k.lower() != "content-type"
+            ]
             status, headers = filter_head(ctx, resp.status, headers)
             body = resp.body
             if ctx.chain.body_filter:
@@ -273,12 +274,19 @@ class Gateway:
         except PluginFailed as e:
             self._plugin_failed(conn, req, ctx, route, e, filters=False)
             return
+        except ValueError as e:  # a header value that would split the response
+            failure = PluginFailed("?", "answer", e)
+            self._plugin_failed(conn, req, ctx, route, failure, filters=False)
+            return
         content_type = resp.content_type.encode("latin-1")
-        for i, (k, v) in enumerate(headers):
-            if k.lower() == b"content-type":
+        kept = []
+        for k, v in headers:
+            lower = k.lower()
+            if lower == b"content-type":
                 content_type = v
-                del headers[i]
-                break
+            elif lower not in _FRAMING:  # the gateway frames its own responses
+                kept.append((k, v))
+        headers = kept
         sent = conn.send_simple(req, status, body, headers, content_type=content_type)
         self._finish_plugin_request(req, ctx, route, status, sent)
 
@@ -363,6 +371,7 @@ class Gateway:
             ctx.status = ex.status
             ctx.upstream_status = ex.upstream_status
             ctx.upstream_addr = ex.node.addr if ex.node is not None else None
+            ctx.upstream_latency = ex.upstream_latency
             ctx.latency = time.monotonic() - req.start
             run_log_phase(ctx, self.report_plugin_failure)
         self._check_idle()

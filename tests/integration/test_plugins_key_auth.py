@@ -30,7 +30,9 @@ def upstream() -> Iterator[UpstreamServer]:
 
 
 @pytest.fixture(scope="module")
-def gw(upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gw(
+    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     up = {"nodes": {upstream.addr: 1}}
     config = {
         "services": [
@@ -80,7 +82,9 @@ def test_no_key_and_a_wrong_key_are_refused_with_apisix_messages(gw, upstream):
 
 
 def test_the_consumer_name_reaches_the_upstream_and_a_client_cannot_forge_it(gw):
-    r = request(gw.port, path="/admin/x", headers={"apikey": "jill-key", "X-Consumer-Username": "jack"})
+    r = request(
+        gw.port, path="/admin/x", headers={"apikey": "jill-key", "X-Consumer-Username": "jack"}
+    )
     assert r.status == 200
     got = [(k.lower(), v) for k, v in r.json()["headers"]]
     assert [v for k, v in got if k == "x-consumer-username"] == ["jill"]
@@ -127,16 +131,22 @@ def test_merging_route_over_service_and_meta(gw):
 )
 def test_no_spelling_of_a_path_reaches_the_authenticated_route_without_a_key(gw, upstream, target):
     upstream.requests.clear()
-    raw = raw_request(gw.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n", read_all=False)
+    raw = raw_request(
+        gw.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n", read_all=False
+    )
     status = int(raw.split(b" ", 2)[1])
     assert status in (400, 401), raw[:200]
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("target", ["/public/..%2fadmin/x", "/public/%2F../admin/x", "/public/..\\admin/x"])
+@pytest.mark.parametrize(
+    "target", ["/public/..%2fadmin/x", "/public/%2F../admin/x", "/public/..\\admin/x"]
+)
 def test_encoded_separators_are_refused_outright(gw, upstream, target):
     upstream.requests.clear()
-    raw = raw_request(gw.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n", read_all=False)
+    raw = raw_request(
+        gw.port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n", read_all=False
+    )
     assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
     assert upstream.requests == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ando.plugins.base import BuildContext
+from ando.plugins.base import BuildContext, Response
 
 
 def credential_index(build: BuildContext, plugin: str, field: str) -> Mapping[str, Any]:
@@ -32,3 +32,29 @@ def consumers_with(build: BuildContext, plugin: str) -> list[tuple[Any, Mapping[
         ]
 
     return build.per_snapshot(("consumers_with", plugin), make)
+
+
+class Anonymous:
+    """APISIX's `anonymous_consumer` fallback of the auth plugins: when authentication fails, a
+    configured anonymous consumer identifies the request instead of a refusal. The name is looked
+    up once per config; one that names no consumer refuses with APISIX's 401 "Invalid user
+    authorization"."""
+
+    __slots__ = ("configured", "consumer")
+
+    def __init__(self, build: BuildContext, conf: Mapping[str, Any]) -> None:
+        name = conf.get("anonymous_consumer")
+        self.configured = name is not None
+        self.consumer = build.snapshot.consumers.get(name) if name is not None else None
+
+    def refuse(self, ctx: Any, refusal: Response) -> Response | None:
+        """`refusal`, or None after attaching the anonymous consumer to `ctx`."""
+        if not self.configured:
+            return refusal
+        if self.consumer is None:
+            return _NO_ANONYMOUS
+        ctx.attach_consumer(self.consumer)
+        return None
+
+
+_NO_ANONYMOUS = Response(401, {"message": "Invalid user authorization"})

@@ -1,0 +1,69 @@
+"""uri-blocker: refuse requests whose URI matches one of a list of regexes.
+
+APISIX's uri-blocker: priority 2900, runs in `rewrite`; `block_rules` are searched (unanchored,
+case-sensitive unless `case_insensitive`) in `request_uri`, the path with its query as the client
+wrote it. A match answers `rejected_code` (403) with `{"error_msg": rejected_msg}`, or with the
+status's plain HTML error page when there is no `rejected_msg` (nginx's, as APISIX sends).
+
+Ando also searches the normalized path (with the query) that routing, every plugin and the
+upstream see: a blocked path stays blocked however it is spelled (`/%61dmin`, `/x/../admin`),
+and every spelling APISIX blocks is still blocked, since the raw form is searched too.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Any
+
+from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.context import RequestContext
+from ando.plugins.security._checks import Problems, compile_all, regex_problems, search_any
+
+
+def error_page(status: int) -> Response:
+    """The HTML page nginx sends for a bare status (`ngx.exit(403)`); none below 300."""
+    if status < 300:
+        return Response(status)
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    title = f"{status} {reason}".rstrip()
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>ando</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    return Response(status, page, {"Content-Type": "text/html; charset=utf-8"})
+
+
+class UriBlocker(Plugin):
+    __slots__ = ("refusal", "rules")
+
+    name = "uri-blocker"
+    priority = 2900
+
+    def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
+        super().__init__(conf, build)
+        flags = re.IGNORECASE if conf["case_insensitive"] else 0
+        self.rules = compile_all(conf["block_rules"], flags)
+        code = conf["rejected_code"]
+        msg = conf.get("rejected_msg")
+        self.refusal = Response(code, {"error_msg": msg}) if msg else error_page(code)
+
+    @classmethod
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        flags = re.IGNORECASE if conf.get("case_insensitive") else 0
+        return regex_problems(conf, "block_rules", flags)
+
+    def rewrite(self, ctx: RequestContext) -> Response | None:
+        rules = self.rules
+        raw = ctx.var("request_uri") or ""
+        if search_any(rules, raw):
+            return self.refusal
+        query = ctx.query
+        normalized = ctx.path + "?" + query if query else ctx.path
+        if normalized != raw and search_any(rules, normalized):
+            return self.refusal
+        return None

@@ -1,0 +1,167 @@
+"""api-breaker: a circuit breaker that stops asking an upstream that keeps failing.
+
+APISIX's api-breaker (priority 1005): the log phase counts the upstream's statuses, the access
+phase answers `break_response_code` while the breaker is open.
+
+- Every status in `unhealthy.http_statuses` adds one failure (and forgets the healthy streak);
+  each time the failure count reaches a multiple of `unhealthy.failures` the breaker opens, for
+  2^n seconds where n = ceil(failures counted / unhealthy.failures) (2 s, then 4, 8, ...), at most
+  `max_breaker_sec`.
+- Once the open time is over requests go through again; a status in `healthy.http_statuses`
+  (only while failures are counted) adds to a healthy streak, and `healthy.successes` of them in
+  a row forget everything.
+- State is kept per host and uri, as APISIX keys it (and per configuration, so two routes with
+  different thresholds never share a count), in the node-wide SharedDict: every worker agrees.
+- While open, with `break_response_body` the answer carries that body and the
+  `break_response_headers` (their values resolving `$var`); without it, only the status (with
+  Ando's usual gateway error body for a status >= 400).
+
+When no upstream status exists but a node was tried (connection refused, timed out), the status
+the gateway answered (502, 504) counts, as nginx's $upstream_status reports it to APISIX.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from http import HTTPStatus
+from typing import Any
+
+from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.context import RequestContext
+
+# Counts outlive any breaker time (max_breaker_sec is the longest), as APISIX's never-expiring
+# ones do, yet a key nobody fails on any more leaves the shared table eventually.
+_STATE_TTL = 86400.0
+# 2^62 s exceeds any max_breaker_sec: no need to compute larger powers.
+_MAX_EXPONENT = 62
+# APISIX's core.utils.resolve_var: `$name`, `${name}`, `${name ?? default}`; `\$` stays literal.
+_VAR = re.compile(r"(?<!\\)\$(?:\{\s*([^}]+?)\s*\}|([\w.]+))")
+_DEFAULT = re.compile(r"\s*\?\?\s*")
+
+
+class _Template:
+    """A header value with `$var` references, split once into literal and variable parts."""
+
+    __slots__ = ("literal", "parts")
+
+    def __init__(self, text: str) -> None:
+        self.parts: list[tuple[str, str | None, str | None]] = []  # (literal, var, default)
+        self.literal: str | None = text if "$" not in text else None
+        pos = 0
+        for m in _VAR.finditer(text):
+            name, default = _split_default(m.group(1) or m.group(2))
+            self.parts.append((text[pos : m.start()], name, default))
+            pos = m.end()
+        self.parts.append((text[pos:], None, None))
+
+    def render(self, ctx: RequestContext) -> str:
+        if self.literal is not None:
+            return self.literal
+        out = []
+        for lit, name, default in self.parts:
+            out.append(lit)
+            if name is not None:
+                value = ctx.var(name)
+                if value is None:
+                    value = default if default is not None else ""
+                out.append(str(value))
+        return "".join(out)
+
+
+def _split_default(spec: str) -> tuple[str, str | None]:
+    """`name ?? default` -> (name, default); no `??` -> (name, None)."""
+    segs = _DEFAULT.split(spec)
+    return segs[0], segs[1] if len(segs) > 1 else None
+
+
+def breaker_seconds(failures_counted: float, failures: int, max_sec: int) -> int:
+    """How long the breaker stays open after its latest trip: 2^n seconds, n the number of
+    trips so far (ceil(failures counted / failures), at least 1), at most max_sec."""
+    exponent = max(math.ceil(failures_counted / failures), 1)
+    return max_sec if exponent > _MAX_EXPONENT else min(2**exponent, max_sec)
+
+
+class ApiBreaker(Plugin):
+    name = "api-breaker"
+    priority = 1005
+
+    def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
+        super().__init__(conf, build)
+        self.shared = build.shared
+        self.prefix = f"api-breaker|{build.owner}|"
+        self.code: int = conf["break_response_code"]
+        self.max_sec: int = conf["max_breaker_sec"]
+        self.unhealthy = frozenset(conf["unhealthy"]["http_statuses"])
+        self.failures: int = conf["unhealthy"]["failures"]
+        self.healthy = frozenset(conf["healthy"]["http_statuses"])
+        self.successes: int = conf["healthy"]["successes"]
+        body = conf.get("break_response_body")
+        self.headers: tuple[tuple[str, _Template], ...] = ()
+        self.fixed: Response | None = None
+        if body is not None:
+            self.body: str | None = body
+            self.headers = tuple(
+                (h["key"], _Template(h["value"])) for h in conf.get("break_response_headers", ())
+            )
+            if all(t.literal is not None for _, t in self.headers):
+                self.fixed = Response(
+                    self.code, body, [(k, t.literal or "") for k, t in self.headers]
+                )
+        else:
+            self.body = None
+            if self.code >= 400:
+                try:
+                    phrase = HTTPStatus(self.code).phrase
+                except ValueError:
+                    phrase = ""
+                message = f"{self.code} {phrase}".rstrip()
+                self.fixed = Response(self.code, {"error_msg": message})
+            else:
+                self.fixed = Response(self.code)
+
+    def _key(self, ctx: RequestContext) -> str:
+        return self.prefix + (ctx.host or "") + "|" + ctx.path
+
+    def access(self, ctx: RequestContext) -> Response | None:
+        state = self.shared.get(self._key(ctx))
+        if state is None:
+            return None
+        count, tripped_at = state
+        if not tripped_at:
+            return None
+        if tripped_at + breaker_seconds(count, self.failures, self.max_sec) < time.time():
+            return None
+        if self.fixed is not None:
+            return self.fixed
+        return Response(self.code, self.body, [(k, t.render(ctx)) for k, t in self.headers])
+
+    def log(self, ctx: RequestContext) -> None:
+        status = ctx.upstream_status
+        if not status and ctx.upstream_addr is not None:
+            status = ctx.status  # no response from the node: the gateway's 502/504
+        if not status:
+            return
+        key = self._key(ctx)
+        if status in self.unhealthy:
+            now = time.time()
+            failures = self.failures
+
+            def fail(count: float, tripped_at: float, existed: bool) -> tuple[float, float, float]:
+                count += 1
+                if count % failures == 0:
+                    tripped_at = now
+                return count, tripped_at, count
+
+            self.shared.update(key, fail, ttl=_STATE_TTL)
+            self.shared.delete(key + "|ok")
+            return
+        if status not in self.healthy:
+            return
+        if self.shared.get(key) is None:
+            return  # nothing to recover from
+        streak, _ = self.shared.incr(key + "|ok", 1, ttl=_STATE_TTL)
+        if streak >= self.successes:
+            self.shared.delete(key)
+            self.shared.delete(key + "|ok")
