@@ -5,7 +5,8 @@
 No syscalls and no event-loop turns are involved, so this isolates the per-request Python work
 that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). `--profile`
 prints cProfile's top functions instead (its overhead inflates every number; read it for
-proportions). Not a test: quote medians of several runs.
+proportions). `--chain` puts `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite,
+cors, request-id) on the route. Not a test: quote medians of several runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from ando.config.source import snapshot_from_text
 from ando.http.upstream import UpstreamConnection
 from ando.proxy.gateway import Gateway
 
-REQUEST = b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nUser-Agent: wrk\r\n\r\n"
+REQUEST = (
+    b"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nUser-Agent: wrk\r\napikey: bench-key\r\n\r\n"
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 05:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
@@ -33,6 +36,17 @@ ando: {observability: {access_log: {enabled: false}}}
 routes:
   - uri: /bench
     upstream: {nodes: {"127.0.0.1:18081": 1}, keepalive_pool: {requests: 1000000000}}
+"""
+CHAIN = """
+    plugins:
+      key-auth: {}
+      limit-count: {count: 1000000000, time_window: 60, key_type: var, key: remote_addr}
+      proxy-rewrite: {headers: {set: {X-Bench: "1"}}}
+      cors: {}
+      request-id: {}
+consumers:
+  - username: bench
+    plugins: {key-auth: {key: bench-key}}
 """
 
 
@@ -70,8 +84,9 @@ class FakeTransport:
     abort = close
 
 
-async def run(n: int, runs: int, profile: bool) -> None:
-    gw = Gateway(snapshot_from_text(CONFIG, "bench.yaml", environ={}))
+async def run(n: int, runs: int, profile: bool, chain: bool) -> None:
+    text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
+    gw = Gateway(snapshot_from_text(text, "bench.yaml", environ={}))
     assert gw.config is not None
     client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()
     client_transport = FakeTransport()
@@ -114,8 +129,9 @@ def main() -> None:
     parser.add_argument("n", nargs="?", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--chain", action="store_true", help="with the 5-plugin chain")
     args = parser.parse_args()
-    uvloop.run(run(args.n, args.runs, args.profile))
+    uvloop.run(run(args.n, args.runs, args.profile, args.chain))
 
 
 if __name__ == "__main__":

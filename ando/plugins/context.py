@@ -16,15 +16,42 @@ if TYPE_CHECKING:
     from ando.plugins.chain import PluginChain
 
 
-def _b(text: str) -> bytes:
-    return text.encode("latin-1")
+# Plugins name the same few headers on every request: each name's bytes, as given and lower-case,
+# are computed once. Bounded, as names may come from requests.
+_names: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _name(name: str) -> tuple[bytes, bytes]:
+    found = _names.get(name)
+    if found is None:
+        raw = name.encode("latin-1")
+        found = (raw, raw.lower())
+        if len(_names) < 1024:
+            _names[name] = found
+    return found
+
+
+def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
+    """Remove every `lower`-named header, in place (heads are short: a scan)."""
+    i = len(headers) - 1
+    while i >= 0:
+        if headers[i][0].lower() == lower:
+            del headers[i]
+        i -= 1
+
+
+def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == lower:
+            return v.decode("latin-1")
+    return None
 
 
 def header_bytes(value: str) -> bytes:
     """A header value as sent: CR, LF and NUL would end the header (response splitting, or a
     request smuggled upstream), so a plugin that tries to send one fails its request instead."""
     raw = value.encode("latin-1")
-    if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+    if not raw.isalnum() and (b"\r" in raw or b"\n" in raw or b"\0" in raw):
         raise ValueError(f"header value with CR, LF or NUL: {value[:40]!r}")
     return raw
 
@@ -152,14 +179,10 @@ class RequestContext:
     # --- request headers (what the upstream receives) -----------------------------------------
 
     def header(self, name: str) -> str | None:
-        want = _b(name.lower())
-        for k, v in self._req.headers:
-            if k.lower() == want:
-                return v.decode("latin-1")
-        return None
+        return _first(self._req.headers, _name(name)[1])
 
     def header_values(self, name: str) -> list[str]:
-        want = _b(name.lower())
+        want = _name(name)[1]
         return [v.decode("latin-1") for k, v in self._req.headers if k.lower() == want]
 
     @property
@@ -169,17 +192,16 @@ class RequestContext:
     def set_header(self, name: str, value: str) -> None:
         """Replace every value of `name` with `value`."""
         raw = header_bytes(value)
-        self.remove_header(name)
-        self._req.headers.append((_b(name), raw))
+        key, lower = _name(name)
+        headers = self._req.headers
+        _drop(headers, lower)
+        headers.append((key, raw))
 
     def add_header(self, name: str, value: str) -> None:
-        self._req.headers.append((_b(name), header_bytes(value)))
+        self._req.headers.append((_name(name)[0], header_bytes(value)))
 
     def remove_header(self, name: str) -> None:
-        want = _b(name.lower())
-        headers = self._req.headers
-        if any(k.lower() == want for k, _ in headers):
-            headers[:] = [(k, v) for k, v in headers if k.lower() != want]
+        _drop(self._req.headers, _name(name)[1])
 
     # --- the upstream request -------------------------------------------------------------------
 
@@ -246,23 +268,19 @@ class ResponseHead:
         self.headers = headers
 
     def get(self, name: str) -> str | None:
-        want = _b(name.lower())
-        for k, v in self.headers:
-            if k.lower() == want:
-                return v.decode("latin-1")
-        return None
+        return _first(self.headers, _name(name)[1])
 
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
-        self.remove(name)
-        self.headers.append((_b(name), raw))
+        key, lower = _name(name)
+        _drop(self.headers, lower)
+        self.headers.append((key, raw))
 
     def add(self, name: str, value: str) -> None:
-        self.headers.append((_b(name), header_bytes(value)))
+        self.headers.append((_name(name)[0], header_bytes(value)))
 
     def remove(self, name: str) -> None:
-        want = _b(name.lower())
-        self.headers[:] = [(k, v) for k, v in self.headers if k.lower() != want]
+        _drop(self.headers, _name(name)[1])
 
     def items(self) -> list[tuple[str, str]]:
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
