@@ -9,7 +9,7 @@ silently loses a route.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -264,26 +264,32 @@ def _unknown_plugin(name: str, catalog: PluginCatalog) -> str:
     return f"unknown plugin '{name}'{suggest(name, list(catalog))}"
 
 
-def _check_plugins(b: _Build) -> None:
+def _plugin_confs(b: _Build) -> Iterator[tuple[str, int, str, Any]]:
+    """(section, index, plugin name, its configuration) for every plugin of every valid item
+    that carries plugins, in file order."""
     for section in _WITH_PLUGINS:
         for i, item in b.valid[section]:
             plugins = item.get("plugins")
-            if not isinstance(plugins, dict):
-                continue
-            for name, conf in plugins.items():
-                path = (section, i, "plugins", name)
-                spec = b.catalog.get(name)
-                if spec is None:
-                    if name in b.all_plugins:
-                        b.error(
-                            path,
-                            f"plugin '{name}' is not enabled on this node (ando.plugins)",
-                            key=True,
-                        )
-                    else:
-                        b.error(path, _unknown_plugin(name, b.all_plugins), key=True)
-                    continue
-                _check_plugin_conf(b, spec, conf, path, on_consumer=section == "consumers")
+            if isinstance(plugins, dict):
+                for name, conf in plugins.items():
+                    yield section, i, name, conf
+
+
+def _check_plugins(b: _Build) -> None:
+    for section, i, name, conf in _plugin_confs(b):
+        path = (section, i, "plugins", name)
+        spec = b.catalog.get(name)
+        if spec is None:
+            if name in b.all_plugins:
+                b.error(
+                    path,
+                    f"plugin '{name}' is not enabled on this node (ando.plugins)",
+                    key=True,
+                )
+            else:
+                b.error(path, _unknown_plugin(name, b.all_plugins), key=True)
+            continue
+        _check_plugin_conf(b, spec, conf, path, on_consumer=section == "consumers")
     for i, item in b.valid["plugin_metadata"]:
         name = item["id"]
         spec = b.catalog.get(name)
@@ -361,17 +367,12 @@ def _check_references(b: _Build) -> None:
     for i, consumer in b.valid["consumers"]:
         if "group_id" in consumer:
             _ref(b, consumer["group_id"], "consumer_groups", ("consumers", i, "group_id"))
-    for section in _WITH_PLUGINS:
-        for i, item in b.valid[section]:
-            plugins = item.get("plugins")
-            if not isinstance(plugins, dict):
-                continue
-            for name, conf in plugins.items():
-                spec = b.catalog.get(name)
-                if spec is None or spec.references is None or not isinstance(conf, dict):
-                    continue
-                for where, target, ident in spec.references(conf):
-                    _ref(b, ident, target, (section, i, "plugins", name, *where))
+    for section, i, name, conf in _plugin_confs(b):
+        spec = b.catalog.get(name)
+        if spec is None or spec.references is None or not isinstance(conf, dict):
+            continue
+        for where, target, ident in spec.references(conf):
+            _ref(b, ident, target, (section, i, "plugins", name, *where))
     services = {s["id"]: s for _, s in b.valid["services"]}
     configs = {c["id"]: c for _, c in b.valid["plugin_configs"]}
     for i, route in b.valid["routes"]:

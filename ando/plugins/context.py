@@ -104,7 +104,8 @@ class RequestContext:
         self.upstream_method: str | None = None
         self.upstream_host: str | None = None  # the Host header sent upstream, when rewritten
         self.upstream: Any = None  # an upstream chosen by a plugin (traffic-split)
-        self.response_headers: list[tuple[str, str, bool]] | None = None  # (name, value, add)
+        # Headers for the response, whoever makes it: (name, lower-case name, value, add).
+        self.response_headers: list[tuple[bytes, bytes, bytes, bool]] | None = None
         self.status = 0  # the status the client got (log phase)
         self.upstream_status = 0
         self.upstream_addr: str | None = None
@@ -223,14 +224,19 @@ class RequestContext:
 
     def set_response_header(self, name: str, value: str) -> None:
         """A header for the response to this request, whoever makes it (upstream or plugin)."""
-        if self.response_headers is None:
-            self.response_headers = []
-        self.response_headers.append((name, value, False))
+        key, lower = _name(name)
+        extra = self.response_headers
+        if extra is None:
+            extra = self.response_headers = []
+        else:  # a later set replaces what earlier phases set or added under that name
+            extra[:] = [e for e in extra if e[1] != lower]
+        extra.append((key, lower, header_bytes(value), False))
 
     def add_response_header(self, name: str, value: str) -> None:
+        key, lower = _name(name)
         if self.response_headers is None:
             self.response_headers = []
-        self.response_headers.append((name, value, True))
+        self.response_headers.append((key, lower, header_bytes(value), True))
 
     # --- consumers ------------------------------------------------------------------------------
 

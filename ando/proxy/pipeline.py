@@ -97,14 +97,13 @@ def filter_head(
     ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, list[tuple[bytes, bytes]]]:
     """Headers earlier phases asked for, then every header_filter. Raises PluginFailed."""
-    head = ResponseHead(status, headers)
     extra = ctx.response_headers
     if extra:
-        for name, value, add in extra:
-            if add:
-                head.add(name, value)
-            else:
-                head.set(name, value)
+        replaced = {lower for _, lower, _, add in extra if not add}
+        if replaced:
+            headers = [h for h in headers if h[0].lower() not in replaced]
+        headers.extend([(key, raw) for key, _, raw, _ in extra])
+    head = ResponseHead(status, headers)
     ctx.status = status
     for entry in ctx.chain.header_filter:
         try:

@@ -8,32 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess, raw_request
-from tests.support.upstream import UpstreamServer
+from tests.support.upstream import echoed_headers
 
 MISSING = {"message": "Missing API key in request"}
 INVALID = {"message": "Invalid API key in request"}
 
 
-def upstream_headers(r) -> dict[str, str]:
-    return {k.lower(): v for k, v in r.json()["headers"]}
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer("up") as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def gw(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    up = {"nodes": {upstream.addr: 1}}
+def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
         "services": [
             {"id": "svc", "upstream": up, "plugins": {"key-auth": {"header": "x-svc-key"}}},
@@ -86,12 +74,12 @@ def test_the_consumer_name_reaches_the_upstream_and_a_client_cannot_forge_it(gw)
         gw.port, path="/admin/x", headers={"apikey": "jill-key", "X-Consumer-Username": "jack"}
     )
     assert r.status == 200
-    got = [(k.lower(), v) for k, v in r.json()["headers"]]
-    assert [v for k, v in got if k == "x-consumer-username"] == ["jill"]
-    assert ("apikey", "jill-key") in got  # not hidden unless configured
+    got = echoed_headers(r)
+    assert got["x-consumer-username"] == ["jill"]
+    assert got["apikey"] == ["jill-key"]  # not hidden unless configured
     # on a route without auth, a client-sent consumer name never reaches the upstream
     r = request(gw.port, path="/public/x", headers={"X-Consumer-Username": "jack"})
-    assert "x-consumer-username" not in upstream_headers(r)
+    assert "x-consumer-username" not in echoed_headers(r)
 
 
 def test_key_in_the_query_and_hide_credentials(gw):
@@ -100,8 +88,8 @@ def test_key_in_the_query_and_hide_credentials(gw):
     r = request(gw.port, path="/hidden/x?apikey=jack-key&a=1")
     assert r.status == 200 and r.json()["query"] == "a=1"
     r = request(gw.port, path="/hidden/x", headers={"apikey": "jack-key"})
-    headers = upstream_headers(r)
-    assert "apikey" not in headers and headers["x-consumer-username"] == "jack"
+    headers = echoed_headers(r)
+    assert "apikey" not in headers and headers["x-consumer-username"] == ["jack"]
 
 
 def test_merging_route_over_service_and_meta(gw):
@@ -163,4 +151,4 @@ def test_a_global_rule_authenticates_even_requests_that_match_no_route(upstream,
         r = request(g.port, path="/nowhere", headers={"apikey": "k"})
         assert (r.status, r.json()) == (404, {"error_msg": "404 Route Not Found"})
         r = request(g.port, path="/open", headers={"apikey": "k"})
-        assert upstream_headers(r)["x-consumer-username"] == "jack"
+        assert echoed_headers(r)["x-consumer-username"] == ["jack"]

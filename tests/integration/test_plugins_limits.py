@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from ando.config.diagnostics import ConfigError
-from ando.config.source import snapshot_from_text
 from tests.support.client import Response, request
+from tests.support.config import UP, config_problems
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer, closed_port, free_port
+from tests.support.upstream import closed_port, free_port
 
 PAGE_503 = (
     b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
@@ -78,12 +77,6 @@ class RedisServer:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer("up") as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with RedisServer(tmp_path_factory.mktemp("redis")) as r:
         yield r
@@ -108,10 +101,8 @@ def redis_routes(up: dict, redis_port: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def gw(
-    upstream: UpstreamServer, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    up: dict[str, Any], redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    up = {"nodes": {upstream.addr: 1}}
-
     def lc(**conf: Any) -> dict:
         return {"limit-count": {"time_window": 60, **conf}}
 
@@ -167,10 +158,10 @@ def gw(
 
 @pytest.fixture(scope="module")
 def gw_b(
-    upstream: UpstreamServer, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    up: dict[str, Any], redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """A second, separate gateway (another node) on the same Redis."""
-    config = {"routes": redis_routes({"nodes": {upstream.addr: 1}}, redis.port)}
+    config = {"routes": redis_routes(up, redis.port)}
     with GatewayProcess(config, tmp_path_factory.mktemp("limits-b"), access_log=False) as g:
         yield g
 
@@ -420,14 +411,9 @@ def test_conn_a_client_leaving_during_its_delay_is_counted_out(gw):
 
 # --- validation ---------------------------------------------------------------------------------
 
-UP = "upstream: {nodes: {'127.0.0.1:1980': 1}}"
-
 
 def problems(plugins: str) -> list[str]:
-    text = f"routes:\n  - uri: /a\n    {UP}\n    plugins:\n      {plugins}\n"
-    with pytest.raises(ConfigError) as e:
-        snapshot_from_text(text, "t.yaml", environ={})
-    return [d.format() for d in e.value.diagnostics]
+    return config_problems(f"routes:\n  - uri: /a\n    {UP}\n    plugins:\n      {plugins}\n")
 
 
 @pytest.mark.parametrize(

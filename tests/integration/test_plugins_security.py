@@ -11,6 +11,7 @@ import http.client
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -18,20 +19,12 @@ import pytest
 from ando.plugins.security.csrf import make_token, sign
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer, closed_port
+from tests.support.upstream import closed_port, echoed_headers
 
 IP_REFUSED = {"message": "Your IP address is not allowed"}
 UA_REFUSED = {"message": "Not allowed"}
 REFERER_REFUSED = {"message": "Your referer host is not allowed"}
 CSRF_KEY = "s3cret-key"
-
-
-def seen_headers(r) -> dict[str, list[str]]:
-    """The headers the upstream received, as echoed back: lower-case name -> values."""
-    out: dict[str, list[str]] = {}
-    for k, v in r.json()["headers"]:
-        out.setdefault(k.lower(), []).append(v)
-    return out
 
 
 def cors_headers(r) -> dict[str, str]:
@@ -43,17 +36,7 @@ def cors_headers(r) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer("up") as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def gw(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    up = {"nodes": {upstream.addr: 1}}
-
+def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     def route(rid: str, uri: str, plugins: dict, upstream_: dict = up) -> dict:
         return {"id": rid, "uri": uri, "upstream": upstream_, "plugins": plugins}
 
@@ -534,7 +517,7 @@ def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(gw, upstream):
 def test_forwarded_for_from_a_trusted_peer_sets_the_client(gw):
     r = request(gw.port, path="/rip/trusted", headers={"X-Forwarded-For": "10.1.2.3"})
     assert r.status == 200
-    seen = seen_headers(r)
+    seen = echoed_headers(r)
     # What APISIX sends: X-Real-IP is the new address; X-Forwarded-For appends it.
     assert seen["x-real-ip"] == ["10.1.2.3"]
     assert seen["x-forwarded-for"] == ["10.1.2.3, 10.1.2.3"]
@@ -555,7 +538,7 @@ def test_real_ip_lasts_one_request_on_a_kept_alive_connection(gw):
         second = request(gw.port, path="/rip/trusted", conn=conn)
         assert (second.status, second.json()) == (403, IP_REFUSED)
         third = request(gw.port, path="/ip/white", conn=conn)
-        assert third.status == 200 and seen_headers(third)["x-real-ip"] == ["127.0.0.1"]
+        assert third.status == 200 and echoed_headers(third)["x-real-ip"] == ["127.0.0.1"]
     finally:
         conn.close()
 
@@ -564,7 +547,7 @@ def test_recursive_walks_past_trusted_proxies(gw):
     xff = {"X-Forwarded-For": "6.6.6.6, 10.1.2.3, 192.168.1.1"}
     r = request(gw.port, path="/rip/recursive", headers=xff)
     assert r.status == 200
-    assert seen_headers(r)["x-real-ip"] == ["10.1.2.3"]
+    assert echoed_headers(r)["x-real-ip"] == ["10.1.2.3"]
     # the client named by the first untrusted hop, not by what it wrote further left
     xff = {"X-Forwarded-For": "10.1.2.3, 6.6.6.6, 192.168.1.1"}
     assert request(gw.port, path="/rip/recursive", headers=xff).status == 403
@@ -575,9 +558,9 @@ def test_recursive_walks_past_trusted_proxies(gw):
 
 def test_real_ip_from_another_header_and_from_an_argument(gw):
     r = request(gw.port, path="/rip/header", headers={"X-Real-IP": "[2001:db8::5]:4321"})
-    assert r.status == 200 and seen_headers(r)["x-real-ip"] == ["2001:db8::5"]
+    assert r.status == 200 and echoed_headers(r)["x-real-ip"] == ["2001:db8::5"]
     r = request(gw.port, path="/rip/header", headers={"X-Real-IP": "not-an-ip"})
-    assert seen_headers(r)["x-real-ip"] == ["127.0.0.1"]  # left as it was
+    assert echoed_headers(r)["x-real-ip"] == ["127.0.0.1"]  # left as it was
     r = request(gw.port, path="/rip/arg?realip=6.6.6.6")
     assert (r.status, r.json()) == (403, IP_REFUSED)
     assert request(gw.port, path="/rip/arg?realip=7.7.7.7").status == 200

@@ -21,11 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from ando.config.diagnostics import ConfigError
-from ando.config.source import snapshot_from_text
 from tests.support.client import Response, request
+from tests.support.config import config_problems, snapshot
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer, closed_port
+from tests.support.upstream import UpstreamServer, closed_port, echoed_headers
 
 # --- a real upstream whose status the request names ---------------------------------------------
 
@@ -284,8 +283,7 @@ def test_upstream_id_as_a_number_and_from_a_service(gw):
 def test_inline_upstream_with_node_list_and_pass_host_rewrite(gw, servers):
     r = request(gw.port, path="/ts/inline-list?q=1")
     assert server(r) == "green"
-    headers = {k.lower(): v for k, v in r.json()["headers"]}
-    assert headers["host"] == "green.internal"
+    assert echoed_headers(r)["host"] == ["green.internal"]
     assert r.json()["url"] == "/ts/inline-list?q=1"
 
 
@@ -295,10 +293,8 @@ def test_zero_weights_leave_the_routes_own_upstream(gw):
 
 def test_validate_refuses_an_upstream_id_that_names_nothing():
     text = (
-        _ROUTE
+        _SPLIT
         + """\
-      traffic-split:
-        rules:
           - weighted_upstreams: [{upstream_id: u}, {upstream_id: nope}]
 """
     )
@@ -404,9 +400,7 @@ upstreams:
 
 
 def _problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        snapshot_from_text(text + _UPSTREAMS, "t.yaml", environ={})
-    return [d.format() for d in e.value.diagnostics]
+    return config_problems(text + _UPSTREAMS)
 
 
 _ROUTE = """\
@@ -417,13 +411,14 @@ routes:
     plugins:
 """
 
+# A route with traffic-split, its `rules:` to follow (the first on line 8).
+_SPLIT = _ROUTE + "      traffic-split:\n        rules:\n"
+
 
 def test_validate_points_at_a_bad_vars_expression():
     text = (
-        _ROUTE
+        _SPLIT
         + """\
-      traffic-split:
-        rules:
           - match:
               - vars: [["arg_x", "=", "1"]]
             weighted_upstreams: [{upstream_id: u}]
@@ -437,10 +432,8 @@ def test_validate_points_at_a_bad_vars_expression():
 
 def test_validate_checks_inline_upstreams_like_upstream_resources():
     text = (
-        _ROUTE
+        _SPLIT
         + """\
-      traffic-split:
-        rules:
           - weighted_upstreams:
               - upstream: {nodes: {"127.0.0.1:80": 1}, pass_host: rewrite}
               - upstream: {nodes: {"127.0.0.1:80": 1}, checks: {}}
@@ -459,10 +452,8 @@ def test_validate_checks_inline_upstreams_like_upstream_resources():
         "must be >= 0, got -1",
     ]
     text = (
-        _ROUTE
+        _SPLIT
         + """\
-      traffic-split:
-        rules:
           - weighted_upstreams:
               - upstream: {nodes: {"10.0.0.300:80": 1}}
               - upstream: {nodes: [{host: "a..b", weight: 1}]}
@@ -478,16 +469,14 @@ def test_validate_checks_inline_upstreams_like_upstream_resources():
 
 def test_validate_applies_apisix_defaults():
     text = (
-        _ROUTE
+        _SPLIT
         + """\
-      traffic-split:
-        rules:
           - weighted_upstreams: [{upstream: {nodes: {"127.0.0.1:80": 1}}}]
           - match: [{vars: [["arg_a", "==", "1"]]}]
       api-breaker: {break_response_code: 502}
 """
     )
-    plugins = snapshot_from_text(text, "t.yaml", environ={}).routes[0].plugins
+    plugins = snapshot(text).routes[0].plugins
     rules = plugins["traffic-split"]["rules"]
     entry = rules[0]["weighted_upstreams"][0]
     assert entry["weight"] == 1

@@ -13,20 +13,24 @@ from collections.abc import Iterator
 
 import pytest
 
-from ando.config.diagnostics import ConfigError
-from ando.config.source import snapshot_from_text
 from tests.support.certs import make_cert
 from tests.support.client import request
+from tests.support.config import UP, config_problems, snapshot
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer, free_port
+from tests.support.upstream import echoed_headers, free_port
+
+
+def proxied(
+    gw: GatewayProcess, path: str, headers: dict[str, str] | list[tuple[str, str]] | None = None
+) -> dict:
+    """What the upstream received for a GET of `path` through the gateway (see `seen`)."""
+    return seen(request(gw.port, path=path, headers=headers))
 
 
 def seen(r) -> dict:
     """What the upstream echoed: method, url, path, query, headers (lower-case names)."""
     echo = r.json()
-    echo["h"] = {}
-    for k, v in echo["headers"]:
-        echo["h"].setdefault(k.lower(), []).append(v)
+    echo["h"] = echoed_headers(r)
     return echo
 
 
@@ -48,20 +52,12 @@ def one(echo: dict, name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer("up") as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def tls_port() -> int:
     return free_port()
 
 
 @pytest.fixture(scope="module")
-def gw(upstream, tls_port, tmp_path_factory) -> Iterator[GatewayProcess]:
-    up = {"nodes": {upstream.addr: 1}}
-
+def gw(up, tls_port, tmp_path_factory) -> Iterator[GatewayProcess]:
     def route(uri: str, plugins: dict, **extra) -> dict:
         return {"uri": uri, "upstream": up, "plugins": plugins, **extra}
 
@@ -246,52 +242,46 @@ def upstream_secret(upstream) -> Iterator[None]:
 
 
 def test_uri_with_a_var_keeps_the_clients_query(gw):
-    e = seen(request(gw.port, path="/pr/uri/x?id=7&b=2"))
+    e = proxied(gw, "/pr/uri/x?id=7&b=2")
     assert (e["path"], e["query"]) == ("/new/7", "id=7&b=2")
-    e = seen(request(gw.port, path="/pr/uri/x"))
+    e = proxied(gw, "/pr/uri/x")
     assert e["url"] == "/new/"  # a missing variable is empty
 
 
 def test_a_uri_with_its_own_query_gets_the_clients_after_an_ampersand(gw):
-    assert seen(request(gw.port, path="/pr/uriq?b=2"))["url"] == "/new?fixed=1&b=2"
-    assert seen(request(gw.port, path="/pr/uriq"))["url"] == "/new?fixed=1"
+    assert proxied(gw, "/pr/uriq?b=2")["url"] == "/new?fixed=1&b=2"
+    assert proxied(gw, "/pr/uriq")["url"] == "/new?fixed=1"
 
 
 def test_a_variables_value_is_encoded_so_it_cannot_add_a_query_or_dot_segments(gw):
-    e = seen(request(gw.port, path="/pr/trav?f=%252e%252e%252fadmin"))
+    e = proxied(gw, "/pr/trav?f=%252e%252e%252fadmin")
     assert e["path"] == "/files/%252e%252e%252fadmin"
-    e = seen(request(gw.port, path="/pr/trav?f=a%3Fb%23c%20d"))
+    e = proxied(gw, "/pr/trav?f=a%3Fb%23c%20d")
     assert e["url"] == "/files/a%3Fb%23c%20d?f=a%3Fb%23c%20d"
 
 
 def test_regex_uri_first_matching_pair_wins_and_captures_reach_headers(gw):
-    e = seen(request(gw.port, path="/pr/regex/a/zz/y?q=1"))
+    e = proxied(gw, "/pr/regex/a/zz/y?q=1")
     assert e["url"] == "/A/zz/y?q=1"
     assert (one(e, "x-cap"), one(e, "x-whole")) == ("zz/y+", "/pr/regex/a/zz/y")
-    e = seen(request(gw.port, path="/pr/regex/foo/bar"))
+    e = proxied(gw, "/pr/regex/foo/bar")
     assert e["url"] == "/R/bar/foo"
     assert one(e, "x-cap") == "foo+bar"
-    e = seen(request(gw.port, path="/pr/regex/one/two/three"))
+    e = proxied(gw, "/pr/regex/one/two/three")
     assert e["url"] == "/pr/regex/one/two/three"  # no pair matches: unchanged
     # without a match the captures are empty: "$1+$2" is "+", and "$0" alone is "" (removed)
     assert (one(e, "x-cap"), one(e, "x-whole")) == ("+", None)
 
 
 def test_method_and_host(gw):
-    e = seen(request(gw.port, path="/pr/method"))
+    e = proxied(gw, "/pr/method")
     assert e["method"] == "POST"
-    e = seen(request(gw.port, path="/pr/host"))
+    e = proxied(gw, "/pr/host")
     assert one(e, "host") == "backend.internal:8080"
 
 
 def test_headers_in_the_old_form_are_set(gw):
-    e = seen(
-        request(
-            gw.port,
-            path="/pr/hdr-old",
-            headers={"X-Api-Version": "v0", "X-Drop": "please", "X-Keep": "k"},
-        )
-    )
+    e = proxied(gw, "/pr/hdr-old", {"X-Api-Version": "v0", "X-Drop": "please", "X-Keep": "k"})
     assert one(e, "x-api-version") == "v1"
     assert one(e, "x-client") == "127.0.0.1"
     assert one(e, "x-num") == "7"
@@ -300,19 +290,17 @@ def test_headers_in_the_old_form_are_set(gw):
 
 
 def test_headers_add_set_remove(gw):
-    e = seen(
-        request(
-            gw.port,
-            path="/pr/hdr-new?v=9",
-            headers=[("X-Add", "client"), ("X-Set", "old"), ("X-Remove", "r"), ("X-Missing", "m")],
-        )
+    e = proxied(
+        gw,
+        "/pr/hdr-new?v=9",
+        [("X-Add", "client"), ("X-Set", "old"), ("X-Remove", "r"), ("X-Missing", "m")],
     )
     assert e["h"]["x-add"] == ["client", "added"]
     assert e["h"]["x-set"] == ["s-9"]
     assert e["h"]["x-user"] == ["anon"]  # ${var ?? default}
     assert "x-remove" not in e["h"] and "x-missing" not in e["h"]
     assert e["h"]["x-text"] == ["日本".encode().decode("latin-1")]  # UTF-8 on the wire
-    e = seen(request(gw.port, path="/pr/hdr-new", headers={"X-User": "jill"}))
+    e = proxied(gw, "/pr/hdr-new", {"X-User": "jill"})
     assert e["h"]["x-user"] == ["jill"]
 
 
@@ -325,12 +313,12 @@ def test_a_header_value_with_cr_lf_or_nul_never_reaches_the_upstream(gw, upstrea
         "error_msg": "400 Bad Request: the value for header X-From-Arg holds CR, LF or NUL"
     }
     assert upstream.requests == []
-    e = seen(request(gw.port, path="/pr/inject?x=fine%20value"))
+    e = proxied(gw, "/pr/inject?x=fine%20value")
     assert one(e, "x-from-arg") == "fine value"
 
 
 def test_use_real_request_uri_unsafe_sends_the_target_as_written(gw):
-    e = seen(request(gw.port, path="/pr/raw/%7Efoo/./x?q=1"))
+    e = proxied(gw, "/pr/raw/%7Efoo/./x?q=1")
     assert e["url"] == "/pr/raw/%7Efoo/./x?q=1"
 
 
@@ -516,19 +504,17 @@ def test_a_location_cannot_split_the_response(gw):
 
 # --------------------------------------------------------------------------- validation
 
-UP = "upstream: {nodes: {'127.0.0.1:1980': 1}}"
+
+def document(plugins_yaml: str) -> str:
+    return f"routes:\n  - uri: /x\n    {UP}\n    plugins:\n{plugins_yaml}"
 
 
 def problems(plugins_yaml: str) -> list[str]:
-    text = f"routes:\n  - uri: /x\n    {UP}\n    plugins:\n{plugins_yaml}"
-    with pytest.raises(ConfigError) as e:
-        snapshot_from_text(text, "t.yaml", environ={})
-    return [d.format() for d in e.value.diagnostics]
+    return config_problems(document(plugins_yaml))
 
 
 def valid(plugins_yaml: str) -> None:
-    text = f"routes:\n  - uri: /x\n    {UP}\n    plugins:\n{plugins_yaml}"
-    snapshot_from_text(text, "t.yaml", environ={})
+    snapshot(document(plugins_yaml))
 
 
 @pytest.mark.parametrize(

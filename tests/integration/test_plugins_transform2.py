@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -17,7 +18,6 @@ import pytest
 from ando import __version__
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer
 
 MAX_BODY = 4096
 
@@ -53,21 +53,8 @@ MOCK_SCHEMA = {
 }
 
 
-def upstream_headers(r) -> dict[str, str]:
-    return {k.lower(): v for k, v in r.json()["headers"]}
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer("up") as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def gw(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    up = {"nodes": {upstream.addr: 1}}
+def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
         "ando": {"limits": {"max_body_size": MAX_BODY}},
         "routes": [

@@ -24,6 +24,7 @@ import hashlib
 import json
 import socket
 import threading
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
@@ -215,6 +216,15 @@ class UpstreamServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+def echoed_headers(response: Any) -> dict[str, list[str]]:
+    """The request headers the echo upstream received, from its answer (a client Response):
+    lower-case name -> the values in the order they came."""
+    out: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        out.setdefault(name.lower(), []).append(value)
+    return out
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ando.config.diagnostics import ConfigError
 from ando.config.source import snapshot_from_text
 from ando.plugins.auth.basic_auth import parse_basic
 from ando.plugins.auth.hmac_auth import body_digest, date_within, parse_signature, signing_string
@@ -21,8 +20,9 @@ from ando.plugins.auth.jwt_auth import JwtAuth
 from ando.plugins.base import BuildContext, Response
 from ando.plugins.context import RequestContext
 from ando.plugins.shared import SharedDict
+from tests.support.config import UP
+from tests.support.config import config_problems as problems
 
-UP = "upstream: {nodes: {'127.0.0.1:1980': 1}}"
 SECRET = "jack-secret-long-enough-for-hs256!"
 P256_PUB = (
     ec.generate_private_key(ec.SECP256R1())
@@ -30,12 +30,6 @@ P256_PUB = (
     .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     .decode()
 )
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        snapshot_from_text(text, "t.yaml", environ={})
-    return [d.format() for d in e.value.diagnostics]
 
 
 # --------------------------------------------------------------------------- ando validate

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ando.plugins.traffic.limit_key import LimitKey, nginx_page, rejection
+from ando.plugins.pages import nginx_page
+from ando.plugins.traffic.limit_key import LimitKey, rejection
 
 VARS = {"remote_addr": "10.0.0.1", "http_x_api_key": "k1", "http_x_user": "u", "empty": ""}
 
@@ -31,6 +32,8 @@ def ctx(**extra: str) -> SimpleNamespace:
         ("var_combination", "$http_x_absent/$http_x_other", "10.0.0.1"),  # none resolved
         ("var_combination", "no variables", "10.0.0.1"),  # APISIX: nothing resolved
         ("var_combination", r"\$http_x_user $http_x_user", r"\$http_x_user u"),  # escaped
+        ("var_combination", "$empty", ""),  # an empty value resolved (APISIX's n_resolved)
+        ("var_combination", "${http_x_absent ?? anon}", "anon"),  # a default resolves too
     ],
 )
 def test_key_resolution(key_type, key, expected):

@@ -46,7 +46,14 @@ CONN = {"key_type": "var", "rejected_code": 503, "only_use_default_delay": True,
 
 
 def headers(ctx: RequestContext) -> dict[str, str]:
-    return {name: value for name, value, _ in ctx.response_headers or []}
+    """The response headers the plugin set, by name. The context keeps each as a tuple with the
+    name first and the value just before the `add` flag (str or bytes, by version)."""
+    out: dict[str, str] = {}
+    for entry in ctx.response_headers or []:
+        name, value = entry[0], entry[-2]
+        name = name.decode("latin-1") if isinstance(name, bytes) else name
+        out[name] = value.decode("latin-1") if isinstance(value, bytes) else value
+    return out
 
 
 def settle(result: Any) -> None:

@@ -4,13 +4,8 @@ rule), each reported at the line and column of the offending item."""
 
 from __future__ import annotations
 
-import pytest
-
-from ando.config.diagnostics import ConfigError
 from ando.config.snapshot import Snapshot
-from ando.config.source import snapshot_from_text
-
-UP = "upstream: {nodes: {'127.0.0.1:1980': 1}}"
+from tests.support.config import UP, config_problems, snapshot
 
 
 def document(plugins_yaml: str, extra: str = "") -> str:
@@ -18,7 +13,7 @@ def document(plugins_yaml: str, extra: str = "") -> str:
 
 
 def build(plugins_yaml: str, extra: str = "") -> Snapshot:
-    return snapshot_from_text(document(plugins_yaml, extra), "t.yaml", environ={})
+    return snapshot(document(plugins_yaml, extra))
 
 
 def at(plugins_yaml: str, needle: str, extra: str = "") -> str:
@@ -31,9 +26,7 @@ def at(plugins_yaml: str, needle: str, extra: str = "") -> str:
 
 
 def problems(plugins_yaml: str, extra: str = "") -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        build(plugins_yaml, extra)
-    return [d.format() for d in e.value.diagnostics]
+    return config_problems(document(plugins_yaml, extra))
 
 
 def conf(snap: Snapshot, name: str) -> dict:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from ando.plugins.traffic.api_breaker import _Template, breaker_seconds
+from ando.plugins.traffic.api_breaker import breaker_seconds
 from ando.plugins.traffic.traffic_split import SmoothWeightedRoundRobin
 
 
@@ -48,29 +48,3 @@ def test_break_doubles_from_two_seconds_up_to_max_breaker_sec():
     assert breaker_seconds(27, 3, 300) == 300  # 2^9 is past the cap
     assert breaker_seconds(6, 3, 3) == 3
     assert breaker_seconds(10**9, 1, 300) == 300  # no giant powers
-
-
-class _Ctx:
-    """The one thing a header template reads: the request's variables."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self.values = values
-
-    def var(self, name: str) -> str | None:
-        return self.values.get(name)
-
-
-@pytest.mark.parametrize(
-    ("template", "want"),
-    [
-        ("plain", "plain"),
-        ("$remote_addr:$remote_port", "10.0.0.1:5555"),
-        ("${remote_addr}x", "10.0.0.1x"),
-        ("${ missing ?? fallback }", "fallback"),
-        ("[$missing]", "[]"),
-        ("\\$remote_addr", "\\$remote_addr"),  # an escaped $ stays as written (APISIX)
-    ],
-)
-def test_header_values_resolve_variables_like_apisix(template, want):
-    ctx = _Ctx({"remote_addr": "10.0.0.1", "remote_port": "5555"})
-    assert _Template(template).render(ctx) == want  # type: ignore[arg-type]

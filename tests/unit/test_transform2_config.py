@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from ando.config.diagnostics import ConfigError
 from ando.config.snapshot import Snapshot
-from ando.config.source import snapshot_from_text
+from tests.support.config import config_problems, snapshot
 
 UP = "    upstream: {nodes: {'127.0.0.1:1980': 1}}\n"
 
 
+def document(plugins: str, upstream: bool = True) -> str:
+    return "routes:\n  - uri: /a\n    plugins:\n" + plugins + (UP if upstream else "")
+
+
 def build(plugins: str, upstream: bool = True) -> Snapshot:
-    text = "routes:\n  - uri: /a\n    plugins:\n" + plugins + (UP if upstream else "")
-    return snapshot_from_text(text, "t.yaml", environ={})
+    return snapshot(document(plugins, upstream))
 
 
 def problems(plugins: str, upstream: bool = True) -> list[str]:
-    with pytest.raises(ConfigError) as e:
-        build(plugins, upstream)
-    return [d.format() for d in e.value.diagnostics]
+    return config_problems(document(plugins, upstream))
 
 
 def test_valid_confs_get_apisix_defaults() -> None:

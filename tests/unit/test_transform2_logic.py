@@ -13,13 +13,7 @@ import jsonschema
 import pytest
 
 from ando.plugins.base import Response
-from ando.plugins.transform.fault_injection import (
-    FaultInjection,
-    Template,
-    header_value,
-    lua_tostring,
-    resolve_template,
-)
+from ando.plugins.transform.fault_injection import FaultInjection, header_value
 from ando.plugins.transform.mocking import Mocking, generate, media_type, to_xml
 from ando.plugins.transform.request_validation import (
     RequestValidation,
@@ -32,10 +26,6 @@ from ando.plugins.transform.request_validation import (
 VARS = {"remote_addr": "10.0.0.1", "arg_a": "x", "http_x_id": "42", "a.b": "dotted"}
 
 
-def lookup(name: str) -> str | None:
-    return VARS.get(name)
-
-
 class Ctx:
     """What these phases read of a request."""
 
@@ -43,40 +33,13 @@ class Ctx:
         self.var = {**VARS, **vars}.get
 
 
-# --- $var interpolation (core.utils.resolve_var) ------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "out"),
-    [
-        ("no variables", "no variables"),
-        ("ip $remote_addr!", "ip 10.0.0.1!"),
-        ("${remote_addr}x", "10.0.0.1x"),
-        ("${ remote_addr }", "10.0.0.1"),
-        ("$missing|", "|"),
-        ("${missing ?? fallback}", "fallback"),
-        ("${arg_a ?? fallback}", "x"),
-        ("$a.b", "dotted"),  # `.` belongs to the name, as upstream's [\w.]+
-        ("$remote_addr.", ""),  # so a trailing dot makes another (missing) name
-        ("\\$remote_addr", "\\$remote_addr"),  # escaped: kept, backslash included
-        ("$$arg_a", "$x"),
-        ("${}", "${}"),
-        ("cost: $", "cost: $"),
-    ],
-)
-def test_resolve_template(text: str, out: str) -> None:
-    assert resolve_template(text, lookup) == out
-    assert Template(text).render(lookup) == out
+# --- response header values ----------------------------------------------------------------
 
 
 def test_header_values_cannot_carry_control_characters() -> None:
     assert header_value("a\r\nSet-Cookie: x") == "a%0D%0ASet-Cookie: x"
     assert header_value("tab\tok") == "tab\tok"
     assert header_value("€").encode("latin-1") == "€".encode()
-
-
-def test_lua_tostring() -> None:
-    assert [lua_tostring(v) for v in (5, 5.0, 1.5, True, "s")] == ["5", "5", "1.5", "true", "s"]
 
 
 # --- fault-injection: the fast path -------------------------------------------------------------

@@ -17,19 +17,17 @@ from ando.plugins.transform.proxy_rewrite import _escape_var, check_headers
 from ando.plugins.transform.redirect import _page
 from ando.plugins.transform.request_id import _ksuid, _nanoid, _range_id
 from ando.plugins.transform.template import (
-    RedirectTemplate,
     SubTemplate,
-    VarTemplate,
     compile_regex,
     encode_location,
     encode_path,
     encode_query,
     encode_value,
-    header_text,
     header_wire,
     substitute,
     unsafe_header_value,
 )
+from ando.plugins.vartemplate import RedirectTemplate, VarTemplate, lua_tostring, resolve_var
 
 VARS = {
     "arg_id": "42",
@@ -37,6 +35,9 @@ VARS = {
     "remote_addr": "10.0.0.1",
     "arg_q": "x?y z%",
     "host": "example.com",
+    "remote_port": "5555",
+    "a.b": "dotted",
+    "empty": "",
 }.get
 
 
@@ -58,10 +59,34 @@ VARS = {
         ("no refs", "no refs"),
         ("$", "$"),
         ("$1", ""),  # without captures, a variable named "1"
+        ("$remote_addr:$remote_port", "10.0.0.1:5555"),
+        ("${ missing ?? fallback }", "fallback"),
+        ("${missing ?? a ?? b}", "a"),  # resolve_var keeps the second `??` segment
+        ("$a.b", "dotted"),  # `.` belongs to the name, as upstream's [\w.]+
+        ("$$arg_id", "$42"),
+        ("${}", "${}"),
+        ("cost: $", "cost: $"),
+        ("$héllo", "éllo"),  # ngx.re without `u`: names are ASCII
     ],
 )
 def test_var_template(text, out):
     assert VarTemplate(text).render(VARS) == out
+    assert resolve_var(text, VARS) == out
+
+
+@pytest.mark.parametrize(
+    ("text", "out", "resolved"),
+    [
+        ("no refs", "no refs", 0),
+        ("\\$arg_id", "\\$arg_id", 0),
+        ("$arg_id-$missing", "42-", 1),
+        ("$empty|$missing", "|", 1),  # an empty value counts, as resolve_var's n_resolved
+        ("${missing ?? d}", "d", 1),  # so does a default
+        ("$missing/$other", "/", 0),
+    ],
+)
+def test_resolve_counts_what_resolved(text, out, resolved):
+    assert VarTemplate(text).resolve(VARS) == (out, resolved)
 
 
 def test_var_template_with_captures():
@@ -163,7 +188,7 @@ def test_header_values():
     ]
     assert header_wire("日本") == "日本".encode().decode("latin-1")
     assert header_wire("ascii") == "ascii"
-    assert [header_text(v) for v in (1, 1.0, 1.5, True, "x")] == ["1", "1", "1.5", "true", "x"]
+    assert [lua_tostring(v) for v in (1, 1.0, 1.5, True, "x")] == ["1", "1", "1.5", "true", "x"]
 
 
 def test_header_checks():

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import binascii
 import hmac
-from collections.abc import Mapping
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, credential_index
+from ando.plugins.auth.consumers import Anonymous, secret_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
@@ -53,19 +52,6 @@ def parse_basic(header: str) -> tuple[str, bytes] | None:
         return None
 
 
-def _passwords(build: BuildContext, plugin: str) -> Mapping[str, tuple[Any, bytes]]:
-    """{username: (consumer, password as UTF-8)}, built once per config; the first consumer of
-    a username wins."""
-
-    def make() -> dict[str, tuple[Any, bytes]]:
-        return {
-            name: (consumer, str(consumer.plugins[plugin]["password"]).encode("utf-8"))
-            for name, consumer in credential_index(build, plugin, "username").items()
-        }
-
-    return build.per_snapshot((plugin, "passwords"), make)
-
-
 class BasicAuth(Plugin):
     name = "basic-auth"
     priority = 2520
@@ -77,8 +63,8 @@ class BasicAuth(Plugin):
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
         self.hide = conf["hide_credentials"]
-        self.users = _passwords(build, self.name)
-        self.anonymous = Anonymous(build, conf)
+        self.users = secret_index(build, self.name, "username", "password")
+        self.anonymous = Anonymous(build, conf, "Authorization" if self.hide else None)
         challenge = {"WWW-Authenticate": f'Basic realm="{conf["realm"]}"'}
         self.missing = Response(401, {"message": MISSING}, challenge)
         self.invalid = Response(401, {"message": INVALID}, challenge)
@@ -87,25 +73,19 @@ class BasicAuth(Plugin):
     def rewrite(self, ctx: RequestContext) -> Response | None:
         header = ctx.header("Authorization")
         if header is None:
-            return self._refuse(ctx, self.missing)
+            return self.anonymous.refuse(ctx, self.missing)
         parsed = parse_basic(header)
         if parsed is None:
-            return self._refuse(ctx, self.invalid)
+            return self.anonymous.refuse(ctx, self.invalid)
         username, password = parsed
         found = self.users.get(username)
         if found is None:
             hmac.compare_digest(password, _DUMMY)
-            return self._refuse(ctx, self.invalid_user)
+            return self.anonymous.refuse(ctx, self.invalid_user)
         consumer, expected = found
         if not hmac.compare_digest(password, expected):
-            return self._refuse(ctx, self.invalid_user)
+            return self.anonymous.refuse(ctx, self.invalid_user)
         if self.hide:
             ctx.remove_header("Authorization")
         ctx.attach_consumer(consumer)
         return None
-
-    def _refuse(self, ctx: RequestContext, refusal: Response) -> Response | None:
-        answer = self.anonymous.refuse(ctx, refusal)
-        if answer is None and self.hide:
-            ctx.remove_header("Authorization")
-        return answer

@@ -23,6 +23,22 @@ def credential_index(build: BuildContext, plugin: str, field: str) -> Mapping[st
     return build.per_snapshot(("credentials", plugin, field), make)
 
 
+def secret_index(
+    build: BuildContext, plugin: str, field: str, secret: str
+) -> Mapping[str, tuple[Any, bytes]]:
+    """{credential value: (consumer, its `secret` as UTF-8)}, as `credential_index` (the first
+    consumer of a value wins): basic-auth's username -> password, hmac-auth's key_id ->
+    secret_key. The bytes are what a constant-time comparison or an HMAC key needs."""
+
+    def make() -> dict[str, tuple[Any, bytes]]:
+        return {
+            value: (consumer, str(consumer.plugins[plugin][secret]).encode("utf-8"))
+            for value, consumer in credential_index(build, plugin, field).items()
+        }
+
+    return build.per_snapshot(("secrets", plugin, field, secret), make)
+
+
 def consumers_with(build: BuildContext, plugin: str) -> list[tuple[Any, Mapping[str, Any]]]:
     """(consumer, its configuration of `plugin`) for every consumer that has one."""
 
@@ -38,14 +54,18 @@ class Anonymous:
     """APISIX's `anonymous_consumer` fallback of the auth plugins: when authentication fails, a
     configured anonymous consumer identifies the request instead of a refusal. The name is looked
     up once per config; one that names no consumer refuses with APISIX's 401 "Invalid user
-    authorization"."""
+    authorization". `hide`: a request header holding credentials (with `hide_credentials`),
+    removed when the anonymous consumer is attached, as it is when a credential is accepted."""
 
-    __slots__ = ("configured", "consumer")
+    __slots__ = ("configured", "consumer", "hide")
 
-    def __init__(self, build: BuildContext, conf: Mapping[str, Any]) -> None:
+    def __init__(
+        self, build: BuildContext, conf: Mapping[str, Any], hide: str | None = None
+    ) -> None:
         name = conf.get("anonymous_consumer")
         self.configured = name is not None
         self.consumer = build.snapshot.consumers.get(name) if name is not None else None
+        self.hide = hide
 
     def refuse(self, ctx: Any, refusal: Response) -> Response | None:
         """`refusal`, or None after attaching the anonymous consumer to `ctx`."""
@@ -53,6 +73,8 @@ class Anonymous:
             return refusal
         if self.consumer is None:
             return _NO_ANONYMOUS
+        if self.hide is not None:
+            ctx.remove_header(self.hide)
         ctx.attach_consumer(self.consumer)
         return None
 

@@ -24,11 +24,10 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, credential_index
+from ando.plugins.auth.consumers import Anonymous, secret_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
@@ -107,19 +106,6 @@ def date_within(date: str | None, skew: int, now: float) -> bool:
     return abs(now - when.timestamp()) <= skew
 
 
-def _secrets(build: BuildContext, plugin: str) -> Mapping[str, tuple[Any, bytes]]:
-    """{key_id: (consumer, secret_key as UTF-8)}, built once per config; the first consumer of
-    a key_id wins."""
-
-    def make() -> dict[str, tuple[Any, bytes]]:
-        return {
-            key_id: (consumer, str(consumer.plugins[plugin]["secret_key"]).encode("utf-8"))
-            for key_id, consumer in credential_index(build, plugin, "key_id").items()
-        }
-
-    return build.per_snapshot((plugin, "secrets"), make)
-
-
 class HmacAuth(Plugin):
     name = "hmac-auth"
     priority = 2530
@@ -135,30 +121,30 @@ class HmacAuth(Plugin):
         self.required = tuple(h.lower() for h in conf.get("signed_headers") or ())
         self.check_body = conf["validate_request_body"]
         self.hide = conf["hide_credentials"]
-        self.anonymous = Anonymous(build, conf)
-        self.keys = _secrets(build, self.name)
+        self.anonymous = Anonymous(build, conf, "Authorization" if self.hide else None)
+        self.keys = secret_index(build, self.name, "key_id", "secret_key")
 
     def rewrite(self, ctx: RequestContext) -> Any:
         """Synchronous for every request but those whose body must be checked: only then does
         it return a coroutine (reading the body means waiting for it)."""
         header = ctx.header("Authorization")
         if header is None:
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         params = parse_signature(header)
         if params is None or not params.key_id or not params.signature:
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         if params.algorithm not in self.algorithms:
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         found = self.keys.get(params.key_id)
         if found is None:
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         consumer, secret = found
         if not date_within(ctx.header("Date"), self.skew, time.time()):
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         if self.required:
             signed = {h.lower() for h in params.headers}
             if any(h not in signed for h in self.required):
-                return self._refuse(ctx)
+                return self.anonymous.refuse(ctx, REFUSED)
         text = signing_string(
             params.key_id,
             params.headers,
@@ -167,20 +153,20 @@ class HmacAuth(Plugin):
             ctx.header_values,
         )
         if text is None:
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         try:
             given = base64.b64decode(params.signature, validate=True)
         except (binascii.Error, ValueError):
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         digest = DIGESTS[params.algorithm]
         if not hmac.compare_digest(
             given, hmac.new(secret, text.encode("latin-1"), digest).digest()
         ):
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         if self.check_body:
             claimed = ctx.header("Digest")
             if claimed is None:
-                return self._refuse(ctx)
+                return self.anonymous.refuse(ctx, REFUSED)
             return self._check_body(ctx, consumer, claimed)
         return self._accept(ctx, consumer)
 
@@ -189,16 +175,10 @@ class HmacAuth(Plugin):
     ) -> Response | None:
         body = await ctx.read_body()
         if not hmac.compare_digest(body_digest(body).encode(), claimed.strip().encode("latin-1")):
-            return self._refuse(ctx)
+            return self.anonymous.refuse(ctx, REFUSED)
         return self._accept(ctx, consumer)
 
     def _accept(self, ctx: RequestContext, consumer: Any) -> None:
         if self.hide:
             ctx.remove_header("Authorization")
         ctx.attach_consumer(consumer)
-
-    def _refuse(self, ctx: RequestContext) -> Response | None:
-        answer = self.anonymous.refuse(ctx, REFUSED)
-        if answer is None and self.hide:
-            ctx.remove_header("Authorization")
-        return answer

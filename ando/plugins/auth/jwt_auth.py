@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ando.plugins.auth.consumers import Anonymous
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
 
 # PyJWT warns on every verification with a short HMAC secret; the secret is the operator's
@@ -159,9 +160,7 @@ class JwtAuth(Plugin):
         self.credentials = _credentials(build, self.name)
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
         if not on_consumer:
             return []
         algorithm = conf["algorithm"]

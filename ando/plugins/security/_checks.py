@@ -1,6 +1,6 @@
 """What the security plugins share: the checks `ando validate` runs beyond the schema (CIDR lists
 that must parse, regexes that must compile), each problem reported at the item's own path so the
-diagnostic points at its line and column.
+diagnostic points at its line and column; and those lists compiled once per config.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from ando.plugins.checks import Problems
 from ando.router.ipset import IPSet, IPSetError
-
-Problems = list[tuple[tuple[Any, ...], str]]
 
 
 def ip_list_problems(conf: dict[str, Any], field: str) -> Problems:
@@ -23,6 +22,12 @@ def ip_list_problems(conf: dict[str, Any], field: str) -> Problems:
         except IPSetError as e:
             out.append(((field, i), f"invalid ip address: {e}"))
     return out
+
+
+def ip_set(addresses: list[str] | None) -> IPSet | None:
+    """A list of addresses and CIDR blocks (ip-restriction's, real-ip's), parsed once; None
+    when the list is absent or empty."""
+    return IPSet.parse(addresses) if addresses else None
 
 
 def regex_problems(conf: dict[str, Any], field: str, flags: int = 0) -> Problems:

@@ -14,8 +14,7 @@ from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
-from ando.plugins.security._checks import Problems, ip_list_problems
-from ando.router.ipset import IPSet
+from ando.plugins.security._checks import Problems, ip_list_problems, ip_set
 
 
 class IpRestriction(Plugin):
@@ -26,10 +25,8 @@ class IpRestriction(Plugin):
 
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
-        white = conf.get("whitelist")
-        black = conf.get("blacklist")
-        self.allowed: IPSet | None = IPSet.parse(white) if white else None
-        self.denied: IPSet | None = IPSet.parse(black) if black else None
+        self.allowed = ip_set(conf.get("whitelist"))
+        self.denied = ip_set(conf.get("blacklist"))
         self.refusal = Response(conf["response_code"], {"message": conf["message"]})
 
     @classmethod

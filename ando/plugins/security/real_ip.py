@@ -25,7 +25,7 @@ from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin
 from ando.plugins.context import RequestContext
-from ando.plugins.security._checks import Problems, ip_list_problems
+from ando.plugins.security._checks import Problems, ip_list_problems, ip_set
 from ando.router.ipset import IPSet
 
 _PEER_KEY = "real-ip:peer"  # ctx.data: the socket peer, before any real-ip changed it
@@ -93,8 +93,7 @@ class RealIp(Plugin):
 
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
-        addresses = conf.get("trusted_addresses")
-        self.trusted: IPSet | None = IPSet.parse(addresses) if addresses else None
+        self.trusted = ip_set(conf.get("trusted_addresses"))
         self.source: str = conf["source"]
         self.recursive: bool = conf["recursive"]
         if self.trusted is None:
@@ -134,7 +133,5 @@ class RealIp(Plugin):
         ip, port = parsed
         ctx.client_addr = ip
         if port is not None:
-            # RequestContext has no client_port setter yet; the request object behind it is
-            # what `remote_port` and the access log read.
-            ctx._req.client_port = port
+            ctx.client_port = port
         return None

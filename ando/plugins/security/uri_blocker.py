@@ -13,11 +13,11 @@ and every spelling APISIX blocks is still blocked, since the raw form is searche
 from __future__ import annotations
 
 import re
-from http import HTTPStatus
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
+from ando.plugins.pages import html_page, status_phrase
 from ando.plugins.security._checks import Problems, compile_all, regex_problems, search_any
 
 
@@ -25,16 +25,7 @@ def error_page(status: int) -> Response:
     """The HTML page nginx sends for a bare status (`ngx.exit(403)`); none below 300."""
     if status < 300:
         return Response(status)
-    try:
-        reason = HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    title = f"{status} {reason}".rstrip()
-    page = (
-        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{title}</h1></center>\r\n<hr><center>ando</center>\r\n"
-        "</body>\r\n</html>\r\n"
-    )
+    page = html_page(f"{status} {status_phrase(status)}".rstrip(), "ando")
     return Response(status, page, {"Content-Type": "text/html; charset=utf-8"})
 
 

@@ -23,57 +23,19 @@ the gateway answered (502, 504) counts, as nginx's $upstream_status reports it t
 from __future__ import annotations
 
 import math
-import re
 import time
-from http import HTTPStatus
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
+from ando.plugins.pages import status_phrase
+from ando.plugins.vartemplate import VarTemplate
 
 # Counts outlive any breaker time (max_breaker_sec is the longest), as APISIX's never-expiring
 # ones do, yet a key nobody fails on any more leaves the shared table eventually.
 _STATE_TTL = 86400.0
 # 2^62 s exceeds any max_breaker_sec: no need to compute larger powers.
 _MAX_EXPONENT = 62
-# APISIX's core.utils.resolve_var: `$name`, `${name}`, `${name ?? default}`; `\$` stays literal.
-_VAR = re.compile(r"(?<!\\)\$(?:\{\s*([^}]+?)\s*\}|([\w.]+))")
-_DEFAULT = re.compile(r"\s*\?\?\s*")
-
-
-class _Template:
-    """A header value with `$var` references, split once into literal and variable parts."""
-
-    __slots__ = ("literal", "parts")
-
-    def __init__(self, text: str) -> None:
-        self.parts: list[tuple[str, str | None, str | None]] = []  # (literal, var, default)
-        self.literal: str | None = text if "$" not in text else None
-        pos = 0
-        for m in _VAR.finditer(text):
-            name, default = _split_default(m.group(1) or m.group(2))
-            self.parts.append((text[pos : m.start()], name, default))
-            pos = m.end()
-        self.parts.append((text[pos:], None, None))
-
-    def render(self, ctx: RequestContext) -> str:
-        if self.literal is not None:
-            return self.literal
-        out = []
-        for lit, name, default in self.parts:
-            out.append(lit)
-            if name is not None:
-                value = ctx.var(name)
-                if value is None:
-                    value = default if default is not None else ""
-                out.append(str(value))
-        return "".join(out)
-
-
-def _split_default(spec: str) -> tuple[str, str | None]:
-    """`name ?? default` -> (name, default); no `??` -> (name, None)."""
-    segs = _DEFAULT.split(spec)
-    return segs[0], segs[1] if len(segs) > 1 else None
 
 
 def breaker_seconds(failures_counted: float, failures: int, max_sec: int) -> int:
@@ -98,25 +60,21 @@ class ApiBreaker(Plugin):
         self.healthy = frozenset(conf["healthy"]["http_statuses"])
         self.successes: int = conf["healthy"]["successes"]
         body = conf.get("break_response_body")
-        self.headers: tuple[tuple[str, _Template], ...] = ()
+        self.headers: tuple[tuple[str, VarTemplate], ...] = ()
         self.fixed: Response | None = None
         if body is not None:
             self.body: str | None = body
             self.headers = tuple(
-                (h["key"], _Template(h["value"])) for h in conf.get("break_response_headers", ())
+                (h["key"], VarTemplate(h["value"])) for h in conf.get("break_response_headers", ())
             )
-            if all(t.literal is not None for _, t in self.headers):
+            if all(t.static is not None for _, t in self.headers):
                 self.fixed = Response(
-                    self.code, body, [(k, t.literal or "") for k, t in self.headers]
+                    self.code, body, [(k, t.static or "") for k, t in self.headers]
                 )
         else:
             self.body = None
             if self.code >= 400:
-                try:
-                    phrase = HTTPStatus(self.code).phrase
-                except ValueError:
-                    phrase = ""
-                message = f"{self.code} {phrase}".rstrip()
+                message = f"{self.code} {status_phrase(self.code)}".rstrip()
                 self.fixed = Response(self.code, {"error_msg": message})
             else:
                 self.fixed = Response(self.code)
@@ -135,7 +93,7 @@ class ApiBreaker(Plugin):
             return None
         if self.fixed is not None:
             return self.fixed
-        return Response(self.code, self.body, [(k, t.render(ctx)) for k, t in self.headers])
+        return Response(self.code, self.body, [(k, t.render(ctx.var)) for k, t in self.headers])
 
     def log(self, ctx: RequestContext) -> None:
         status = ctx.upstream_status

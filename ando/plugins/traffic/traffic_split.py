@@ -14,22 +14,18 @@ answered with 502, as APISIX answers it ("failed to find upstream by id").
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ando.config.addresses import parse_host_port
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems, expr_problems
 from ando.plugins.context import RequestContext
-from ando.router.expr import ExprError, compile_expr
+from ando.router.expr import compile_expr
 
 # A pick for an upstream_id that names no upstream.
 _MISSING = object()
 _NO_UPSTREAM = Response(502, {"error_msg": "502 Bad Gateway"})
-# A host name as the upstream resource's nodes accept it (ando/config/addresses.py).
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
-)
 
 
 class SmoothWeightedRoundRobin:
@@ -113,16 +109,11 @@ class TrafficSplit(Plugin):
         return None
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems: Problems = []
         for i, rule in enumerate(conf.get("rules") or ()):
             for j, m in enumerate(rule.get("match") or ()):
-                try:
-                    compile_expr(m.get("vars") or [])
-                except ExprError as e:
-                    problems.append((("rules", i, "match", j, "vars", *e.path), e.message))
+                problems += expr_problems(m.get("vars") or [], ("rules", i, "match", j, "vars"))
             for j, entry in enumerate(rule.get("weighted_upstreams") or ()):
                 up = entry.get("upstream")
                 if isinstance(up, dict):
@@ -162,27 +153,22 @@ class TrafficSplit(Plugin):
 
 
 def _host_problem(host: str) -> str | None:
-    """Why a node host cannot be connected to (the rules of the upstream resource's nodes)."""
-    if host.startswith("[") or ":" in host:
-        try:
-            ipaddress.IPv6Address(host.strip("[]"))
-        except ValueError:
-            return f"'{host}' is not an IPv6 address"
-        return None
+    """Why a node host cannot be connected to (the rules of the upstream resource's nodes,
+    ando.config.addresses)."""
+    v6 = host.startswith("[") or ":" in host
     try:
-        ipaddress.IPv4Address(host)
-        return None
+        parse_host_port(f"[{host.strip('[]')}]" if v6 else host, 0)
     except ValueError:
-        pass
-    if host.replace(".", "").isdigit() or not _HOSTNAME.match(host):
+        if v6:
+            return f"'{host}' is not an IPv6 address"
         return f"'{host}' is not a valid host name or IP address"
     return None
 
 
-def _node_problems(up: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+def _node_problems(up: dict[str, Any]) -> Problems:
     """Node addresses the schema's patterns let through but no connection could use: an IPv6
     address that does not parse, a broken IPv4 address, a host name with a bad label."""
-    out: list[tuple[tuple[Any, ...], str]] = []
+    out: Problems = []
     nodes = up.get("nodes")
     if isinstance(nodes, dict):
         for addr in nodes:

@@ -6,12 +6,11 @@ instead of proxying. Each has a `percentage` (sampled per request, `random(1, 10
 `vars`, a list of lua-resty-expr rules of which any one must match (an empty list never does).
 As in APISIX both `vars` are evaluated first, then the delay runs, then the abort is decided, so
 a request can be delayed and then aborted. `body` and header values interpolate `$var` and
-`${var ?? default}` the way APISIX's `core.utils.resolve_var` does.
+`${var ?? default}` the way APISIX's `core.utils.resolve_var` does (ando.plugins.vartemplate).
 
 Only a delayed request leaves the synchronous fast path (the phase returns a coroutine then).
 
-`Template`, `resolve_template`, `header_value` and the header-name checks are shared with
-mocking.
+`header_value` and the header-name checks are shared with mocking.
 """
 
 from __future__ import annotations
@@ -19,34 +18,20 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems, expr_problems
 from ando.plugins.context import RequestContext
-from ando.router.expr import Expr, ExprError, compile_expr
+from ando.plugins.vartemplate import Lookup, VarTemplate, lua_tostring
+from ando.router.expr import Expr, compile_expr
 
-Lookup = Callable[[str], object]
-
-# core.utils.resolve_var's pattern: `$name`, `$a.b`, `${ name }`, `${name ?? default}`; a
-# backslash before `$` keeps it literal (and stays in the output, as upstream). ngx.re without
-# the "u" flag: \w and \s are ASCII.
-_VAR = re.compile(r"(?<!\\)\$(\{\s*([^}]+?)\s*\}|([\w.]+))", re.ASCII)
-_DEFAULT_SEP = re.compile(r"\s*\?\?\s*", re.ASCII)
 # An HTTP field name (RFC 9110 token): anything else would corrupt the response head.
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The gateway frames its own responses; a configured value for these would contradict it.
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def lua_tostring(value: object) -> str:
-    """A JSON scalar as Lua's tostring prints it (a header value may be a number)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else format(value, ".14g")
-    return str(value)
 
 
 def header_value(text: str) -> str:
@@ -59,49 +44,9 @@ def header_value(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", raw)
 
 
-def _lookup_var(lookup: Lookup, expr: str) -> str:
-    segs = _DEFAULT_SEP.split(expr)
-    value = lookup(segs[0])
-    if value is None:
-        if len(segs) == 1:
-            return ""
-        return segs[1]
-    return lua_tostring(value)
-
-
-def resolve_template(text: str, lookup: Lookup) -> str:
-    """`core.utils.resolve_var(text, ctx.var)`: each `$var` replaced by the request's value, or
-    by "" when it has none (or by the `??` default)."""
-    if "$" not in text:
-        return text
-    return _VAR.sub(lambda m: _lookup_var(lookup, m.group(2) or m.group(3)), text)
-
-
-class Template:
-    """A string with `$var` references, split once so rendering is a join."""
-
-    __slots__ = ("constant", "parts")
-
-    def __init__(self, text: str) -> None:
-        self.constant: str | None = text if _VAR.search(text) is None else None
-        self.parts: list[tuple[bool, str]] = []  # (is a variable, literal text or var expression)
-        if self.constant is None:
-            pos = 0
-            for m in _VAR.finditer(text):
-                self.parts.append((False, text[pos : m.start()]))
-                self.parts.append((True, m.group(2) or m.group(3)))
-                pos = m.end()
-            self.parts.append((False, text[pos:]))
-
-    def render(self, lookup: Lookup) -> str:
-        if self.constant is not None:
-            return self.constant
-        return "".join(_lookup_var(lookup, s) if is_var else s for is_var, s in self.parts)
-
-
-def check_headers(headers: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+def check_headers(headers: Any, path: tuple[Any, ...]) -> Problems:
     """Response header names a plugin will send: tokens, and not the framing headers."""
-    problems: list[tuple[tuple[Any, ...], str]] = []
+    problems: Problems = []
     if not isinstance(headers, dict):
         return problems
     for name in headers:
@@ -114,13 +59,10 @@ def check_headers(headers: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, 
     return problems
 
 
-def check_vars(rules: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
-    problems: list[tuple[tuple[Any, ...], str]] = []
+def check_vars(rules: Any, path: tuple[Any, ...]) -> Problems:
+    problems: Problems = []
     for i, rule in enumerate(rules or ()):
-        try:
-            compile_expr(rule)
-        except ExprError as e:
-            problems.append(((*path, i, *e.path), e.message))
+        problems += expr_problems(rule, (*path, i))
     return problems
 
 
@@ -153,11 +95,11 @@ class FaultInjection(Plugin):
         self.abort = abort is not None
         self.abort_status = abort["http_status"] if abort else 0
         body = abort.get("body") if abort else None
-        self.abort_body = Template(body) if body is not None else None
+        self.abort_body = VarTemplate(body) if body is not None else None
         if self.abort_status in (204, 304):
             self.abort_body = None  # a response that cannot carry one
         self.abort_headers = tuple(
-            (name, Template(lua_tostring(value)))
+            (name, VarTemplate(lua_tostring(value)))
             for name, value in ((abort or {}).get("headers") or {}).items()
         )
         self.abort_percentage: int | None = abort.get("percentage") if abort else None
@@ -168,10 +110,8 @@ class FaultInjection(Plugin):
         self.delay_vars = _compile_vars(delay.get("vars")) if delay else None
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems: Problems = []
         for part in ("abort", "delay"):
             section = conf.get(part)
             if isinstance(section, dict):

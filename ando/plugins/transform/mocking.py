@@ -33,13 +33,10 @@ import orjson
 
 from ando import __version__
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
-from ando.plugins.transform.fault_injection import (
-    Template,
-    check_headers,
-    lua_tostring,
-    resolve_template,
-)
+from ando.plugins.transform.fault_injection import check_headers
+from ando.plugins.vartemplate import VarTemplate, lua_tostring, resolve_var
 
 MOCK_BY = f"Ando/{__version__}"
 SUPPORTED_TYPES = frozenset(
@@ -250,7 +247,7 @@ class Mocking(Plugin):
         self.status: int = conf["response_status"]
         self.content_type: str = conf["content_type"]
         example = conf.get("response_example")
-        self.example = Template(example) if example is not None else None
+        self.example = VarTemplate(example) if example is not None else None
         self.schema: dict[str, Any] | None = conf.get("response_schema")
         self.media = media_type(self.content_type)
         headers = [("Content-Type", self.content_type)]
@@ -262,9 +259,7 @@ class Mocking(Plugin):
         self.no_body = self.status in (204, 304)
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
         problems = check_headers(conf.get("response_headers"), ("response_headers",))
         content_type = conf.get("content_type")
         if isinstance(content_type, str) and media_type(content_type) not in SUPPORTED_TYPES:
@@ -295,7 +290,7 @@ class Mocking(Plugin):
             content = orjson.dumps(value).decode()
         else:
             content = ""  # APISIX: "json schema body only support xml and json content type"
-        return resolve_template(content, ctx.var)
+        return resolve_var(content, ctx.var)
 
     def _respond(self, ctx: RequestContext) -> Response:
         body = None if self.no_body else self._body(ctx)

@@ -27,104 +27,36 @@ from __future__ import annotations
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
 from ando.plugins.transform.template import (
+    REQUEST_HEADERS,
+    HeaderActions,
     Regex,
     SubTemplate,
-    VarTemplate,
+    check_headers,
+    check_regex_pairs,
     compile_regex,
     encode_path,
     encode_query,
     encode_value,
-    header_text,
-    header_wire,
     request_uri,
-    unsafe_header_value,
-    valid_header_name,
-    valid_header_value,
 )
+from ando.plugins.vartemplate import VarTemplate
 
 # Variables whose value is already in the request's (percent-encoded) form.
 _RAW_VARS = frozenset({"uri", "request_uri", "args", "query_string"})
-_VERBS = ("add", "set", "remove")
 
 
 def _escape_var(name: str, value: str) -> str:
     return encode_path(value) if name in _RAW_VARS else encode_value(value)
 
 
-def is_new_headers_conf(headers: dict[str, Any]) -> bool:
-    """APISIX's test: the action form when any of add/set/remove holds a table."""
-    return any(isinstance(headers.get(v), dict | list) for v in _VERBS)
-
-
-def check_headers(
-    headers: dict[str, Any], *, add_is_list: bool = False, strict_values: bool = True
-) -> list[tuple[tuple[Any, ...], str]]:
-    """Header names and values the schema cannot judge (shared with response-rewrite, whose
-    `add` is a list of "Name: value" strings and whose plain values APISIX does not check)."""
-    problems: list[tuple[tuple[Any, ...], str]] = []
-    if not headers:
-        return [((), "must have at least 1 field(s)")]
-    if not is_new_headers_conf(headers):
-        for name, value in headers.items():
-            if not valid_header_name(name):
-                problems.append(((name,), "invalid field character in header"))
-            elif strict_values and not valid_header_value(value):
-                problems.append(((name,), "invalid value character in header"))
-        return problems
-    problems.extend(
-        ((name,), "header names cannot be mixed with add, set and remove; move it under set")
-        for name in headers
-        if name not in _VERBS
-    )
-    for verb in _VERBS:
-        block = headers.get(verb)
-        if block is None:
-            continue
-        if not isinstance(block, dict | list):
-            problems.append(((verb,), "expected the form of add, set and remove here"))
-            continue
-        if not block:
-            problems.append(((verb,), "must have at least 1 item(s)"))
-            continue
-        if isinstance(block, dict):
-            problems.extend(
-                ((verb, name), "invalid field character in header")
-                for name in block
-                if not valid_header_name(name)
-            )
-        elif not (verb == "add" and add_is_list):
-            problems.extend(
-                ((verb, i), "invalid field character in header")
-                for i, name in enumerate(block)
-                if not valid_header_name(name)
-            )
-    return problems
-
-
-def check_regex_pairs(pairs: list[str], field: str) -> list[tuple[tuple[Any, ...], str]]:
-    """[regex, template, ...]: an even count, regexes that compile, templates that parse."""
-    if len(pairs) % 2:
-        return [((field,), f"The length of {field} should be an even number")]
-    problems: list[tuple[tuple[Any, ...], str]] = []
-    for i in range(0, len(pairs), 2):
-        try:
-            compile_regex(pairs[i])
-        except ValueError as e:
-            problems.append(((field, i), str(e)))
-        try:
-            SubTemplate(pairs[i + 1])
-        except ValueError as e:
-            problems.append(((field, i + 1), str(e)))
-    return problems
-
-
 class ProxyRewrite(Plugin):
     name = "proxy-rewrite"
     priority = 1008
 
-    __slots__ = ("add", "host", "method", "regex", "remove", "set", "unsafe", "uri")
+    __slots__ = ("headers", "host", "method", "regex", "unsafe", "uri")
 
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
@@ -139,28 +71,11 @@ class ProxyRewrite(Plugin):
             )
         self.method: str | None = conf.get("method")
         self.host: str | None = conf.get("host")
-        add: list[tuple[str, VarTemplate]] = []
-        set_: list[tuple[str, VarTemplate]] = []
-        remove: list[str] = []
-        headers = conf.get("headers")
-        if headers:
-            if is_new_headers_conf(headers):
-                add = _templates(headers.get("add"))
-                set_ = _templates(headers.get("set"))
-                remove = list(headers.get("remove") or ())
-            else:
-                set_ = _templates(headers)
-        self.add = tuple(add)
-        self.set = tuple(set_)
-        self.remove = tuple(remove)
+        self.headers = HeaderActions.from_conf(conf.get("headers"), captures=True)
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        if "regex_uri" in conf:
-            problems.extend(check_regex_pairs(conf["regex_uri"], "regex_uri"))
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems = check_regex_pairs(conf, "regex_uri")
         if "headers" in conf:
             problems.extend(((("headers", *p), m) for p, m in check_headers(conf["headers"])))
         return problems
@@ -176,7 +91,7 @@ class ProxyRewrite(Plugin):
                 m = regex.pattern.search(base)
                 if m is not None:
                     captures = (m.group(0), *m.groups())
-                    new = base[: m.start()] + template.expand(m) + base[m.end() :]
+                    new = template.replace(base, m)
                     break
             else:
                 return (base if self.unsafe else None), None
@@ -195,34 +110,15 @@ class ProxyRewrite(Plugin):
             new, captures = self._new_uri(ctx)
             if new is not None:
                 ctx.set_uri(new)
-        var = ctx.var
-        for name, template in self.add:
-            value = template.render(var, None, captures)
-            if value:
-                if unsafe_header_value(value):
-                    return _refuse(name)
-                ctx.add_header(name, header_wire(value))
-        for name, template in self.set:
-            value = template.render(var, None, captures)
-            if not value:
-                ctx.remove_header(name)
-                continue
-            if unsafe_header_value(value):
-                return _refuse(name)
-            ctx.set_header(name, header_wire(value))
-        for name in self.remove:
-            ctx.remove_header(name)
+        if self.headers is not None:
+            unsafe = self.headers.apply(ctx.var, ctx, REQUEST_HEADERS, captures, refuse=True)
+            if unsafe is not None:
+                return _refuse(unsafe)
         if self.method is not None:
             ctx.upstream_method = self.method
         if self.host is not None:
             ctx.upstream_host = self.host
         return None
-
-
-def _templates(block: dict[str, Any] | None) -> list[tuple[str, VarTemplate]]:
-    if not block:
-        return []
-    return [(name, VarTemplate(header_text(v), captures=True)) for name, v in block.items()]
 
 
 def _refuse(name: str) -> Response:

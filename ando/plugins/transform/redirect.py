@@ -23,20 +23,22 @@ response; non-ASCII characters are percent-encoded (UTF-8) too.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
+from ando.plugins.pages import html_page, status_phrase
 from ando.plugins.transform.template import (
-    RedirectTemplate,
     Regex,
     SubTemplate,
+    check_regex_pairs,
     compile_regex,
     encode_location,
     encode_path,
     request_uri,
 )
+from ando.plugins.vartemplate import RedirectTemplate
 
 # nginx's reason phrases where they differ from Python's.
 _NGINX_REASONS = {302: "Moved Temporarily"}
@@ -46,15 +48,8 @@ def _page(status: int) -> bytes:
     """nginx's special response page for `status` (no server signature)."""
     if status < 300:
         return b""
-    try:
-        reason = _NGINX_REASONS.get(status) or HTTPStatus(status).phrase
-    except ValueError:
-        reason = ""
-    title = f"{status} {reason}".rstrip()
-    return (
-        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{title}</h1></center>\r\n</body>\r\n</html>\r\n"
-    ).encode()
+    reason = _NGINX_REASONS.get(status) or status_phrase(status)
+    return html_page(f"{status} {reason}".rstrip()).encode()
 
 
 class Redirect(Plugin):
@@ -92,20 +87,8 @@ class Redirect(Plugin):
         self.pages = {code: _page(code) for code in {self.ret_code, 301, 308}}
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
-        if "regex_uri" in conf:
-            regex, template = conf["regex_uri"]
-            try:
-                compile_regex(regex)
-            except ValueError as e:
-                problems.append((("regex_uri", 0), str(e)))
-            try:
-                SubTemplate(template)
-            except ValueError as e:
-                problems.append((("regex_uri", 1), str(e)))
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems = check_regex_pairs(conf, "regex_uri")
         if conf.get("http_to_https") and conf.get("append_query_string"):
             problems.append(
                 (
@@ -131,7 +114,7 @@ class Redirect(Plugin):
             m = regex.pattern.search(path)
             if m is None:
                 return None
-            location = path[: m.start()] + template.expand(m) + path[m.end() :]
+            location = template.replace(path, m)
         else:
             return None
         if self.encode_uri:

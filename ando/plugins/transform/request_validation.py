@@ -24,10 +24,9 @@ object keys, NaN/Infinity, and bytes that are not UTF-8.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -37,7 +36,9 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 
 from ando.plugins.base import BuildContext, Plugin, Response
+from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
+from ando.plugins.vartemplate import lua_tostring
 
 _FORM = "application/x-www-form-urlencoded"
 _FAST_DRAFTS = ("draft-04", "draft-06", "draft-07")
@@ -70,7 +71,7 @@ def _walk(node: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], A
             yield from _walk(v, (*path, i))
 
 
-def schema_problems(schema: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+def schema_problems(schema: Any, path: tuple[Any, ...]) -> Problems:
     """Why `schema` cannot be used, as (path, message): not a valid JSON Schema, a reference
     outside itself, or a construct the validators cannot compile."""
     cls = validator_for(schema, default=Draft7Validator)
@@ -193,16 +194,39 @@ def lua_type(value: Any) -> str:
     return "table"
 
 
-def lua_num(value: Any) -> str:
-    if isinstance(value, float):
-        if value.is_integer() and math.isfinite(value):
-            return str(int(value))
-        return format(value, ".14g")
-    return str(value)
+# Failures worded from the instance and the keyword's value alone.
+_WORDING: dict[str, Callable[[Any, Any], str]] = {
+    "minProperties": lambda _, vv: f"expect object to have at least {vv} properties",
+    "maxProperties": lambda _, vv: f"expect object to have at most {vv} properties",
+    "minItems": lambda _, vv: f"expect array to have at least {vv} items",
+    "maxItems": lambda _, vv: f"expect array to have at most {vv} items",
+    "minLength": lambda i, vv: f"string too short, expected at least {vv}, got {len(i)}",
+    "maxLength": lambda i, vv: f"string too long, expected at most {vv}, got {len(i)}",
+    "pattern": lambda i, vv: f"failed to match pattern {lua_q(vv)} with {lua_q(str(i))}",
+    "minimum": lambda i, vv: f"expected {lua_tostring(i)} to be at least {lua_tostring(vv)}",
+    "maximum": lambda i, vv: f"expected {lua_tostring(i)} to be at most {lua_tostring(vv)}",
+    "exclusiveMinimum": lambda i, vv: (
+        f"expected {lua_tostring(i)} to be greater than {lua_tostring(vv)}"
+    ),
+    "exclusiveMaximum": lambda i, vv: (
+        f"expected {lua_tostring(i)} to be smaller than {lua_tostring(vv)}"
+    ),
+    "multipleOf": lambda i, vv: (
+        f"expected {lua_tostring(i)} to be a multiple of {lua_tostring(vv)}"
+    ),
+    "enum": lambda _, __: "matches none of the enum values",
+    "const": lambda _, __: "failed to check const value",
+    "not": lambda _, __: "value wasn't supposed to match schema",
+}
 
 
 def _leaf(e: ValidationError) -> str:
     v, inst, vv = e.validator, e.instance, e.validator_value
+    if v in ("minimum", "maximum") and e.schema.get(f"exclusive{v.capitalize()}") is True:
+        v = f"exclusive{v.capitalize()}"  # draft 4: a boolean beside minimum / maximum
+    wording = _WORDING.get(v) if isinstance(v, str) else None
+    if wording is not None:
+        return wording(inst, vv)
     if v == "type":
         if isinstance(vv, list):
             return f"wrong type: expected one of {', '.join(vv)}, got {lua_type(inst)}"
@@ -222,43 +246,11 @@ def _leaf(e: ValidationError) -> str:
         for k in inst:
             if k not in props and not any(re.search(p, k) for p in patterns):
                 return f"additional properties forbidden, found {k}"
-    if v == "minProperties":
-        return f"expect object to have at least {vv} properties"
-    if v == "maxProperties":
-        return f"expect object to have at most {vv} properties"
-    if v == "minItems":
-        return f"expect array to have at least {vv} items"
-    if v == "maxItems":
-        return f"expect array to have at most {vv} items"
     if v == "uniqueItems" and isinstance(inst, list):
         for j in range(len(inst)):
             for i in range(j):
                 if inst[i] == inst[j] and isinstance(inst[i], bool) == isinstance(inst[j], bool):
                     return f"expected unique items but items {i + 1} and {j + 1} are equal"
-    if v == "minLength":
-        return f"string too short, expected at least {vv}, got {len(inst)}"
-    if v == "maxLength":
-        return f"string too long, expected at most {vv}, got {len(inst)}"
-    if v == "pattern":
-        return f"failed to match pattern {lua_q(vv)} with {lua_q(str(inst))}"
-    if v == "minimum":
-        if e.schema.get("exclusiveMinimum") is True:  # draft 4
-            return f"expected {lua_num(inst)} to be greater than {lua_num(vv)}"
-        return f"expected {lua_num(inst)} to be at least {lua_num(vv)}"
-    if v == "maximum":
-        if e.schema.get("exclusiveMaximum") is True:
-            return f"expected {lua_num(inst)} to be smaller than {lua_num(vv)}"
-        return f"expected {lua_num(inst)} to be at most {lua_num(vv)}"
-    if v == "exclusiveMinimum":
-        return f"expected {lua_num(inst)} to be greater than {lua_num(vv)}"
-    if v == "exclusiveMaximum":
-        return f"expected {lua_num(inst)} to be smaller than {lua_num(vv)}"
-    if v == "multipleOf":
-        return f"expected {lua_num(inst)} to be a multiple of {lua_num(vv)}"
-    if v == "enum":
-        return "matches none of the enum values"
-    if v == "const":
-        return "failed to check const value"
     if v == "anyOf":
         required = [
             json.dumps(s["required"], separators=(",", ":"))
@@ -277,8 +269,6 @@ def _leaf(e: ValidationError) -> str:
                 f"{matched[0]} and {matched[1]}"
             )
         return "value should match only one schema, but matches none"
-    if v == "not":
-        return "value wasn't supposed to match schema"
     if v in (None, False, "false"):
         return "expect false always"
     return e.message
@@ -423,10 +413,8 @@ class RequestValidation(Plugin):
         self.body = SchemaValidator(body_schema) if body_schema is not None else None
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems: Problems = []
         for key in ("header_schema", "body_schema"):
             schema = conf.get(key)
             if isinstance(schema, dict):

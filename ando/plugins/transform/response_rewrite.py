@@ -26,20 +26,20 @@ import binascii
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin
+from ando.plugins.checks import Problems, expr_problems
 from ando.plugins.context import RequestContext, ResponseHead
-from ando.plugins.transform.proxy_rewrite import check_headers, is_new_headers_conf
 from ando.plugins.transform.template import (
+    RESPONSE_HEADERS,
+    HeaderActions,
     Regex,
     SubTemplate,
-    VarTemplate,
+    check_headers,
     compile_regex,
-    header_text,
-    header_wire,
+    is_new_headers_conf,
     substitute,
-    unsafe_header_value,
     valid_header_name,
 )
-from ando.router.expr import ExprError, compile_expr
+from ando.router.expr import compile_expr
 
 # What APISIX's clear_header_as_body_modified removes once the body changes.
 _BODY_HEADERS = ("Content-Length", "Content-Encoding", "Last-Modified", "ETag")
@@ -68,7 +68,7 @@ class ResponseRewrite(Plugin):
     name = "response-rewrite"
     priority = 899
 
-    __slots__ = ("add", "changes_body", "key", "matches", "remove", "set", "status")
+    __slots__ = ("changes_body", "headers", "key", "matches", "status")
 
     def __new__(cls, conf: dict[str, Any], build: BuildContext) -> ResponseRewrite:
         # Only a configuration that changes the body gets a body filter: the others keep the
@@ -84,31 +84,11 @@ class ResponseRewrite(Plugin):
         self.matches = compile_expr(vars_).evaluate if vars_ else None
         self.changes_body = "body" in conf or "filters" in conf
         self.key = ("response-rewrite", id(self))
-        add: list[tuple[str, VarTemplate]] = []
-        set_: list[tuple[str, VarTemplate]] = []
-        remove: list[str] = []
-        headers = conf.get("headers")
-        if headers:
-            if is_new_headers_conf(headers):
-                for item in headers.get("add") or ():
-                    parsed = _parse_add(item)
-                    if parsed is not None:
-                        add.append((parsed[0], VarTemplate(parsed[1])))
-                set_ = [
-                    (n, VarTemplate(header_text(v))) for n, v in (headers.get("set") or {}).items()
-                ]
-                remove = list(headers.get("remove") or ())
-            else:
-                set_ = [(n, VarTemplate(header_text(v))) for n, v in headers.items()]
-        self.add = tuple(add)
-        self.set = tuple(set_)
-        self.remove = tuple(remove)
+        self.headers = HeaderActions.from_conf(conf.get("headers"), parse_add=_parse_add)
 
     @classmethod
-    def check_conf(
-        cls, conf: dict[str, Any], on_consumer: bool
-    ) -> list[tuple[tuple[Any, ...], str]]:
-        problems: list[tuple[tuple[Any, ...], str]] = []
+    def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
+        problems: Problems = []
         if "body" in conf and "filters" in conf:
             problems.append(
                 (("filters",), "fields 'body' and 'filters' cannot be used together; choose one")
@@ -128,10 +108,7 @@ class ResponseRewrite(Plugin):
                     if _parse_add(item) is None:
                         problems.append((("headers", "add", i), 'expected "Name: value"'))
         if "vars" in conf:
-            try:
-                compile_expr(conf["vars"])
-            except ExprError as e:
-                problems.append((("vars", *e.path), e.message))
+            problems.extend(expr_problems(conf["vars"], ("vars",)))
         for i, flt in enumerate(conf.get("filters") or ()):
             try:
                 compile_regex(flt["regex"], flt.get("options", "jo"), binary=True)
@@ -152,19 +129,8 @@ class ResponseRewrite(Plugin):
                 head.remove(name)
         if self.status is not None:
             head.status = self.status
-        var = ctx.var
-        for name, template in self.add:
-            value = template.render(var)
-            if value and not unsafe_header_value(value):
-                head.add(name, header_wire(value))
-        for name, template in self.set:
-            value = template.render(var)
-            if not value:
-                head.remove(name)
-            elif not unsafe_header_value(value):
-                head.set(name, header_wire(value))
-        for name in self.remove:
-            head.remove(name)
+        if self.headers is not None:
+            self.headers.apply(ctx.var, head, RESPONSE_HEADERS, refuse=False)
 
 
 class ResponseRewriteBody(ResponseRewrite):

@@ -1,15 +1,8 @@
-"""What the transform plugins share: `$var` templates, PCRE-style regexes with ngx.re templates,
-and the percent-encoding a rewritten URI gets.
+"""What the transform plugins share: PCRE-style regexes with ngx.re templates, the percent-encoding
+a rewritten URI gets, and the header rules (`$var` templates are in ando.plugins.vartemplate).
 
-Templates are parsed once per config (plugin `__init__`), so a request only looks variables up
-and joins strings.
+Templates and regexes are compiled once per config (plugin `__init__`).
 
-- `VarTemplate` follows APISIX's `core.utils.resolve_var`: `$name` (letters, digits, `_` and
-  `.`), `${name}` and `${name ?? default}`; a missing variable is the empty string; `\\$` is not
-  a reference (the backslash stays, as in APISIX). With `captures=True` (proxy-rewrite's header
-  values) `$1` / `${1}` are the regex_uri captures instead (`resolve_var_with_captures`).
-- `RedirectTemplate` follows redirect's own parser: `$name` / `${name}` with names of letters,
-  digits and `_`; `\\$name` stays as written.
 - `SubTemplate` is ngx.re.sub's replacement: `$0`..`$N`, `${N}`, `$$` for a `$`; any other `$`
   is an error reported at `ando validate` time, as APISIX's check_schema reports it.
 - `compile_regex` turns a PCRE pattern and ngx.re options (`jo`, `i`, `m`, `s`, `x`, `u`, `a`,
@@ -29,118 +22,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, AnyStr
 
-Lookup = Callable[[str], Any]
-Escape = Callable[[str, str], str]
-
-# --- $var templates -----------------------------------------------------------------------------
-
-# core.utils.resolve_var: (?<!\\)\$(\{\s*([^}]+?)\s*\}|([\w\.]+)); with captures first:
-# (?<!\\)\$\{?(\d+)\}?
-_VAR_REF = re.compile(r"(?<!\\)\$(?:\{\s*([^}]+?)\s*\}|([\w.]+))", re.ASCII)
-_VAR_OR_CAPTURE_REF = re.compile(
-    r"(?<!\\)\$(?:\{?([0-9]+)\}?|\{\s*([^}]+?)\s*\}|([\w.]+))", re.ASCII
-)
-_DEFAULT_SPLIT = re.compile(r"\s*\?\?\s*")
-# redirect.lua: (\\\$[0-9a-zA-Z_]+) | \$\{([0-9a-zA-Z_]+)\} | \$([0-9a-zA-Z_]+) | (\$|[^$\\]+)
-_REDIRECT_REF = re.compile(r"\\\$[0-9a-zA-Z_]+|\$\{([0-9a-zA-Z_]+)\}|\$([0-9a-zA-Z_]+)")
-
-# A part is a literal str, or (kind, name, default): kind "var" or "cap" (a capture number).
-_Part = str | tuple[str, Any, str | None]
-
-
-class _Template:
-    __slots__ = ("parts", "static", "text")
-
-    def __init__(self, text: str, parts: list[_Part]) -> None:
-        self.text = text
-        self.parts = tuple(parts)
-        # A template without references renders to itself: no per-request work at all.
-        self.static: str | None = (
-            "".join(parts) if all(isinstance(p, str) for p in parts) else None  # type: ignore[arg-type]
-        )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(p[1] for p in self.parts if not isinstance(p, str) and p[0] == "var")
-
-    def render(
-        self,
-        lookup: Lookup,
-        escape: Escape | None = None,
-        captures: Sequence[str | None] | None = None,
-    ) -> str:
-        """The text with every reference resolved through `lookup` (a variable name -> value
-        or None), each value passed through `escape(name, value)` when given."""
-        if self.static is not None:
-            return self.static
-        out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            kind, name, default = part
-            if kind == "cap":
-                value: Any = None
-                if captures is not None and name < len(captures):
-                    value = captures[name]
-            else:
-                value = lookup(name)
-                if value is None:
-                    value = default
-            if value is None or value == "":
-                continue
-            text = value if isinstance(value, str) else str(value)
-            out.append(escape(name, text) if escape is not None else text)
-        return "".join(out)
-
-
-class VarTemplate(_Template):
-    """APISIX's `core.utils.resolve_var` templates (proxy-rewrite, response-rewrite)."""
-
-    __slots__ = ()
-
-    def __init__(self, text: str, *, captures: bool = False) -> None:
-        parts: list[_Part] = []
-        pos = 0
-        pattern = _VAR_OR_CAPTURE_REF if captures else _VAR_REF
-        for m in pattern.finditer(text):
-            if m.start() > pos:
-                parts.append(text[pos : m.start()])
-            pos = m.end()
-            if captures and m.group(1) is not None:
-                parts.append(("cap", int(m.group(1)), None))
-                continue
-            braced, bare = (m.group(2), m.group(3)) if captures else (m.group(1), m.group(2))
-            if bare is not None:
-                parts.append(("var", bare, None))
-                continue
-            segs = _DEFAULT_SPLIT.split(braced, maxsplit=1)
-            parts.append(("var", segs[0], segs[1] if len(segs) > 1 else None))
-        if pos < len(text):
-            parts.append(text[pos:])
-        super().__init__(text, parts)
-
-
-class RedirectTemplate(_Template):
-    """The redirect plugin's `uri` templates (its own, slightly different, parser)."""
-
-    __slots__ = ()
-
-    def __init__(self, text: str) -> None:
-        parts: list[_Part] = []
-        pos = 0
-        for m in _REDIRECT_REF.finditer(text):
-            if m.start() > pos:
-                # A backslash that starts no `\\$name` matches none of redirect.lua's
-                # alternatives, so gmatch skips it.
-                parts.append(text[pos : m.start()].replace("\\", ""))
-            pos = m.end()
-            name = m.group(1) or m.group(2)
-            parts.append(("var", name, None) if name else m.group(0))
-        if pos < len(text):
-            parts.append(text[pos:].replace("\\", ""))
-        super().__init__(text, parts)
-
+from ando.plugins.checks import Problems
+from ando.plugins.context import RequestContext, ResponseHead
+from ando.plugins.vartemplate import Lookup, VarTemplate, lua_tostring
 
 # --- regexes and ngx.re.sub templates ----------------------------------------------------------
 
@@ -248,6 +132,32 @@ class SubTemplate:
                 out.append(p.encode("utf-8") if binary else p)
         return (b"" if binary else "").join(out)  # type: ignore[return-value]
 
+    def replace(self, subject: str, m: re.Match[str]) -> str:
+        """`subject` with the match `m` (of a search in it) replaced: ngx.re.sub of the first
+        match, as proxy-rewrite's and redirect's `regex_uri` apply it."""
+        return subject[: m.start()] + self.expand(m) + subject[m.end() :]
+
+
+def check_regex_pairs(conf: dict[str, Any], field: str) -> Problems:
+    """`conf[field]`, when given, is [regex, template, ...] (proxy-rewrite's and redirect's
+    `regex_uri`): an even count, regexes that compile, templates that parse."""
+    pairs = conf.get(field)
+    if pairs is None:
+        return []
+    if len(pairs) % 2:
+        return [((field,), f"The length of {field} should be an even number")]
+    problems: Problems = []
+    for i in range(0, len(pairs), 2):
+        try:
+            compile_regex(pairs[i])
+        except ValueError as e:
+            problems.append(((field, i), str(e)))
+        try:
+            SubTemplate(pairs[i + 1])
+        except ValueError as e:
+            problems.append(((field, i + 1), str(e)))
+    return problems
+
 
 def substitute(regex: Regex, subject: AnyStr, template: SubTemplate, *, all: bool) -> AnyStr:
     """ngx.re.sub (`all=False`, first match only) or ngx.re.gsub (`all=True`). With the `a`
@@ -331,13 +241,152 @@ def valid_header_value(value: Any) -> bool:
     return not isinstance(value, str) or all(32 <= ord(c) < 127 for c in value)
 
 
-def header_text(value: Any) -> str:
-    """A header value from the config as Lua's tostring writes it (a YAML 1.0 is "1")."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else format(value, ".14g")
-    return str(value)
+# --- header actions -------------------------------------------------------------------------
+
+_VERBS = ("add", "set", "remove")
+
+
+def is_new_headers_conf(headers: dict[str, Any]) -> bool:
+    """APISIX's test: the action form when any of add/set/remove holds a table."""
+    return any(isinstance(headers.get(v), dict | list) for v in _VERBS)
+
+
+def check_headers(
+    headers: dict[str, Any], *, add_is_list: bool = False, strict_values: bool = True
+) -> Problems:
+    """Header names and values the schema cannot judge (proxy-rewrite's; response-rewrite's
+    `add` is a list of "Name: value" strings and APISIX does not check its plain values)."""
+    problems: Problems = []
+    if not headers:
+        return [((), "must have at least 1 field(s)")]
+    if not is_new_headers_conf(headers):
+        for name, value in headers.items():
+            if not valid_header_name(name):
+                problems.append(((name,), "invalid field character in header"))
+            elif strict_values and not valid_header_value(value):
+                problems.append(((name,), "invalid value character in header"))
+        return problems
+    problems.extend(
+        ((name,), "header names cannot be mixed with add, set and remove; move it under set")
+        for name in headers
+        if name not in _VERBS
+    )
+    for verb in _VERBS:
+        block = headers.get(verb)
+        if block is None:
+            continue
+        if not isinstance(block, dict | list):
+            problems.append(((verb,), "expected the form of add, set and remove here"))
+            continue
+        if not block:
+            problems.append(((verb,), "must have at least 1 item(s)"))
+            continue
+        if isinstance(block, dict):
+            problems.extend(
+                ((verb, name), "invalid field character in header")
+                for name in block
+                if not valid_header_name(name)
+            )
+        elif not (verb == "add" and add_is_list):
+            problems.extend(
+                ((verb, i), "invalid field character in header")
+                for i, name in enumerate(block)
+                if not valid_header_name(name)
+            )
+    return problems
+
+
+_Templates = tuple[tuple[str, VarTemplate], ...]
+# A target's (add, set, remove) header methods, called unbound (no bound method per request).
+HeaderOps = tuple[
+    Callable[[Any, str, str], Any], Callable[[Any, str, str], Any], Callable[[Any, str], Any]
+]
+REQUEST_HEADERS: HeaderOps = (
+    RequestContext.add_header,
+    RequestContext.set_header,
+    RequestContext.remove_header,
+)
+RESPONSE_HEADERS: HeaderOps = (ResponseHead.add, ResponseHead.set, ResponseHead.remove)
+
+
+def _header_templates(block: dict[str, Any] | None, captures: bool) -> _Templates:
+    if not block:
+        return ()
+    return tuple(
+        (name, VarTemplate(lua_tostring(v), captures=captures)) for name, v in block.items()
+    )
+
+
+class HeaderActions:
+    """A `headers` configuration (`{name: value}`, or `{add, set, remove}`) applied as APISIX
+    does in proxy-rewrite and response-rewrite: add, then set (a value that resolves to ""
+    removes the header), then remove; values are `$var` templates."""
+
+    __slots__ = ("add", "remove", "set")
+
+    def __init__(
+        self, add: _Templates = (), set_: _Templates = (), remove: Sequence[str] = ()
+    ) -> None:
+        self.add = add
+        self.set = set_
+        self.remove = tuple(remove)
+
+    @classmethod
+    def from_conf(
+        cls,
+        headers: dict[str, Any] | None,
+        *,
+        captures: bool = False,
+        parse_add: Callable[[str], tuple[str, str] | None] | None = None,
+    ) -> HeaderActions | None:
+        """None without `headers`. `captures`: values may use the regex_uri captures (`$1`);
+        `parse_add`: `add` is a list of items that this parses into (name, value), dropping
+        those it returns None for."""
+        if not headers:
+            return None
+        if not is_new_headers_conf(headers):
+            return cls(set_=_header_templates(headers, captures))
+        if parse_add is None:
+            add = _header_templates(headers.get("add"), captures)
+        else:
+            parsed = (parse_add(item) for item in headers.get("add") or ())
+            add = tuple((p[0], VarTemplate(p[1], captures=captures)) for p in parsed if p)
+        set_ = _header_templates(headers.get("set"), captures)
+        return cls(add, set_, headers.get("remove") or ())
+
+    def apply(
+        self,
+        lookup: Lookup,
+        target: Any,
+        ops: HeaderOps,
+        captures: Sequence[str | None] | None = None,
+        *,
+        refuse: bool,
+    ) -> str | None:
+        """Applies the actions to `target` through `ops` (REQUEST_HEADERS for the request a
+        RequestContext sends upstream, RESPONSE_HEADERS for a ResponseHead). A value holding CR,
+        LF or NUL is never sent: with `refuse` the first such header's name is returned at once
+        (the caller refuses the request), else that header is skipped."""
+        add, set_, remove = ops
+        for name, template in self.add:
+            value = template.render(lookup, None, captures)
+            if value:
+                if unsafe_header_value(value):
+                    if refuse:
+                        return name
+                    continue
+                add(target, name, header_wire(value))
+        for name, template in self.set:
+            value = template.render(lookup, None, captures)
+            if not value:
+                remove(target, name)
+            elif not unsafe_header_value(value):
+                set_(target, name, header_wire(value))
+            elif refuse:
+                return name
+        for name in self.remove:
+            remove(target, name)
+        return None
 
 
 def request_uri(ctx: Any) -> str:
