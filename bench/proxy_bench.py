@@ -242,7 +242,7 @@ def check_200(name: str, port: int) -> None:
     for _ in range(20):  # a proxy may be accepting a moment before it can forward
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn.request("GET", PATH)
+            conn.request("GET", PATH, headers={"apikey": API_KEY})
             resp = conn.getresponse()
             body = resp.read().decode(errors="replace")
             if resp.status == 200 and body == BODY:

@@ -117,6 +117,8 @@ class PluginChain:
         "_by_consumer",
         "_merged",
         "access",
+        "after_consumer",
+        "before_consumer",
         "before_proxy",
         "body_filter",
         "consumer_rewrite",
@@ -150,6 +152,10 @@ class PluginChain:
         self.body_filter = glob["body_filter"] + own["body_filter"]
         self.log = glob["log"] + own["log"]
         self.names = tuple(merged)
+        # What the pipeline walks: everything up to the point a consumer may join, then the
+        # rest (the phases stay in order; the split is only where the chain may change).
+        self.before_consumer = self.global_rewrite + self.global_access + self.rewrite
+        self.after_consumer = self.access + self.before_proxy
 
     def describe(self) -> list[dict[str, Any]]:
         """The plugins a request on this chain meets, in run order, with where each one's

@@ -531,7 +531,11 @@ class ProxyExchange:
             return
         self.state = _RESPONDING
         pctx = self.pctx
-        if pctx is not None and status != 101:
+        if (
+            pctx is not None
+            and status != 101
+            and (pctx.response_headers or pctx.chain.header_filter)
+        ):
             try:
                 new_status, headers = filter_head(pctx, status, list(headers))
             except PluginFailed as e:

@@ -373,7 +373,9 @@ class Gateway:
             ctx.upstream_addr = ex.node.addr if ex.node is not None else None
             ctx.upstream_latency = ex.upstream_latency
             ctx.latency = time.monotonic() - req.start
-            run_log_phase(ctx, self.report_plugin_failure)
+            if ctx.chain.log:
+                run_log_phase(ctx, self.report_plugin_failure)
+            ctx.var.ctx = None  # break the vars <-> context cycle: refcounting frees both
         self._check_idle()
 
     def _log(
@@ -409,7 +411,9 @@ class Gateway:
             )
         if ctx is not None:
             ctx.latency = time.monotonic() - req.start
-            run_log_phase(ctx, self.report_plugin_failure)
+            if ctx.chain.log:
+                run_log_phase(ctx, self.report_plugin_failure)
+            ctx.var.ctx = None  # break the vars <-> context cycle: refcounting frees both
         self._check_idle()
 
     def log_event(self, event: str, level: str = "warn", **fields: Any) -> None:

@@ -20,19 +20,14 @@ from ando.plugins.context import RequestContext, ResponseHead
 if TYPE_CHECKING:
     from ando.http.server import HttpConnection, Request
 
-# The request-side stages of a chain, in order (ando/plugins/chain.py). A request that matched
-# no route runs only the global rules' two.
-STAGES = (
-    "global_rewrite",
-    "global_access",
-    "rewrite",
-    "consumer_rewrite",
-    "access",
-    "before_proxy",
-)
-_CONSUMER_STAGE = 3
-UNMATCHED_STAGES = 2
-ALL_STAGES = len(STAGES)
+# The request-side stages of a chain (ando/plugins/chain.py): global rules' rewrite and access,
+# the route's rewrite; then, once a consumer is known, the rewrite of the plugins it brought;
+# then access and before_proxy. A request that matched no route runs only the first stage (the
+# global rules: its chain has no route plugins).
+STAGES = ("before_consumer", "consumer_rewrite", "after_consumer")
+_CONSUMER_STAGE = 1
+UNMATCHED_STAGES = 1
+ALL_STAGES = 3
 
 
 class PluginFailed(Exception):
@@ -59,7 +54,8 @@ def run_request_phases(
                 continue
             ctx.chain = ctx.chain.for_consumer(consumer)
         entries = getattr(ctx.chain, STAGES[stage])
-        while index < len(entries):
+        n = len(entries)
+        while index < n:
             entry = entries[index]
             index += 1
             try:
