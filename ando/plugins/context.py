@@ -32,17 +32,21 @@ def _name(name: str) -> tuple[bytes, bytes]:
 
 
 def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
-    """Remove every `lower`-named header, in place (heads are short: a scan)."""
+    """Remove every `lower`-named header, in place (heads are short: a scan; a name of another
+    length is skipped without lower-casing it)."""
+    n = len(lower)
     i = len(headers) - 1
     while i >= 0:
-        if headers[i][0].lower() == lower:
+        k = headers[i][0]
+        if len(k) == n and k.lower() == lower:
             del headers[i]
         i -= 1
 
 
 def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
+    n = len(lower)
     for k, v in headers:
-        if k.lower() == lower:
+        if len(k) == n and k.lower() == lower:
             return v.decode("latin-1")
     return None
 
