@@ -1,4 +1,4 @@
-"""The `ando` command: validate, run, reload, explain, schema, version.
+"""The `ando` command: validate, run, reload, explain, schema, init, version.
 
 Exit codes are part of the interface (CI scripts branch on them): 0 success, 1 the config is
 invalid, 2 bad usage or a file that cannot be read.
@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("name", nargs="?", default="ando", metavar="NAME")
     s.add_argument("--list", action="store_true", help="list the schema names")
+    i = sub.add_parser(
+        "init", help="write a commented starter ando.yaml (and ando.schema.json for editors)"
+    )
+    i.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    i.add_argument("--force", action="store_true", help="replace an existing ando.yaml")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -70,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "schema":
             return _schema(args.name, args.list)
+        if args.command == "init":
+            return _init(args.dir, args.force)
         if args.command == "version":
             print(
                 f"ando {__version__} (Python {platform.python_version()}, "
@@ -188,6 +195,33 @@ def _explain(args: argparse.Namespace) -> int:
         print(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print(render_explanation(result))
+    return EXIT_OK
+
+
+def _init(directory: str, force: bool) -> int:
+    from ando.config.schemas import bundle, read_schema_file, schema_file
+    from ando.starter import STARTER
+
+    target = os.path.join(directory, "ando.yaml")
+    if not os.path.isdir(directory):
+        print(f"ando: {directory}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    if os.path.exists(target) and not force:
+        print(f"ando: {target} exists; not replacing it (use --force)", file=sys.stderr)
+        return EXIT_INVALID
+    schema_path = schema_file("ando")
+    assert schema_path is not None
+    schema = bundle(read_schema_file(schema_path), schema_path)
+    try:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(STARTER)
+        with open(os.path.join(directory, "ando.schema.json"), "wb") as f:
+            f.write(orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as e:
+        print(f"ando: cannot write {target}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {target}; check it with: ando validate {target}")
+    print(f"serve it with: ando run -c {target}")
     return EXIT_OK
 
 
