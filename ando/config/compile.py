@@ -17,7 +17,7 @@ import orjson
 
 from ando.config.addresses import parse_host_port
 from ando.config.diagnostics import ConfigError, Diagnostic, Path
-from ando.config.plugins import builtin_catalog
+from ando.config.plugins import builtin_catalog, lua_catalog
 from ando.config.schemas import SchemaChecker, resource_checker, suggest
 from ando.config.snapshot import (
     DEFAULT_PORTS,
@@ -144,6 +144,8 @@ def build_snapshot(
             if name not in b.all_plugins:
                 b.error(("ando", "plugins", i), _unknown_plugin(name, b.all_plugins))
         b.catalog = b.all_plugins.only(node.plugins)
+    if node is not None and node.lua.get("plugins"):
+        _add_lua_plugins(b, node)  # Lua plugins (ando/lua): always enabled once listed
 
     for section, kind in SECTIONS.items():
         items = data.get(section)
@@ -181,6 +183,25 @@ def build_snapshot(
 
 
 # --- node settings --------------------------------------------------------------------------
+
+
+def _add_lua_plugins(b: _Build, node: NodeSettings) -> None:
+    """Lua plugins named by ando.lua.plugins join the catalog (ando/lua); a module that does not
+    load is reported at its entry, with the Lua file:line."""
+    specs, problems = lua_catalog(node.lua, b.doc.file)
+    for i, message in problems:
+        b.error(("ando", "lua", "plugins", i), message)
+    fresh = []
+    for i, spec in specs:
+        if spec.name in b.all_plugins:
+            b.error(
+                ("ando", "lua", "plugins", i),
+                f"Lua plugin '{spec.name}' has the name of a built-in plugin",
+            )
+            continue
+        fresh.append(spec)
+    b.all_plugins = PluginCatalog.of([*b.all_plugins.specs.values(), *fresh])
+    b.catalog = PluginCatalog.of([*b.catalog.specs.values(), *fresh])
 
 
 def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:

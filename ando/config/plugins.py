@@ -3,7 +3,9 @@ name and priority from its class, its schemas from `schemas/plugins/NAME*.json`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 from ando.config.schemas import read_schema_file, schemas_dir
 from ando.plugins.catalog import PluginCatalog, PluginSpec
@@ -33,3 +35,34 @@ def builtin_catalog() -> PluginCatalog:
             )
         )
     return PluginCatalog.of(specs)
+
+
+# --- Lua plugins (ando/lua) -------------------------------------------------------------------
+
+
+def lua_catalog(
+    lua: Mapping[str, Any], config_file: str
+) -> tuple[list[tuple[int, PluginSpec]], list[tuple[int, str]]]:
+    """(index in ando.lua.plugins, spec) of the Lua plugins listed there (their schemas from
+    the modules' `schema` tables), and load problems as (index in ando.lua.plugins, message
+    with the Lua file:line). Lupa is only imported when a config has Lua plugins."""
+    if not lua.get("plugins"):
+        return [], []
+    from ando.lua.plugin import load_lua_plugins
+
+    classes, problems = load_lua_plugins(lua, config_file)
+    specs = [
+        (
+            i,
+            PluginSpec(
+                name=cls.name,
+                priority=cls.priority,
+                schema=cls.lua_schema,
+                kind="lua",
+                check=cls.check_conf,
+                references=cls.references,
+            ),
+        )
+        for i, cls in classes
+    ]
+    return specs, problems

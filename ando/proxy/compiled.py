@@ -138,12 +138,19 @@ class RouteRuntime:
 
 
 def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
-    """The built-ins this node runs: `ando.plugins`, or all of them."""
+    """The built-ins this node runs: `ando.plugins`, or all of them; plus the Lua plugins
+    `ando.lua.plugins` names (ando/lua), loaded in this worker's Lua state."""
     every = builtin_plugins()
     wanted = snapshot.node.plugins
-    if wanted is None:
-        return every
-    return MappingProxyType({n: c for n, c in every.items() if n in wanted})
+    chosen = every if wanted is None else {n: c for n, c in every.items() if n in wanted}
+    if snapshot.node.lua.get("plugins"):
+        from ando.lua.plugin import load_lua_plugins
+
+        classes, problems = load_lua_plugins(snapshot.node.lua, snapshot.file)
+        if problems:
+            raise RuntimeError(f"Lua plugins: {problems[0][1]}")
+        chosen = {**chosen, **{cls.name: cls for _, cls in classes}}
+    return MappingProxyType(dict(chosen))
 
 
 class RuntimeConfig:

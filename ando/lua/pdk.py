@@ -1,0 +1,195 @@
+"""The Python side of the Lua PDK (lua/ando/pdk.lua): functions Lua calls, acting on the request
+being served.
+
+A worker runs one Lua state and calls into it synchronously, so the request a PDK call acts on
+is simply the one the runtime is calling for: `CURRENT` holds it (its RequestContext, the
+ResponseHead in header_filter, the plugin's log function) for the duration of the call. Values
+handed to Lua are plain strings, numbers, booleans or Lua tables, never Python objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from ando.lua.runtime import LuaState
+    from ando.plugins.context import RequestContext, ResponseHead
+
+
+class Current:
+    """What the Lua call in progress acts on."""
+
+    __slots__ = ("ctx", "head", "log", "plugin")
+
+    def __init__(self) -> None:
+        self.ctx: RequestContext | None = None
+        self.head: ResponseHead | None = None
+        self.log: Callable[..., None] | None = None
+        self.plugin = ""
+
+
+CURRENT = Current()
+
+
+class PdkError(Exception):
+    """A PDK function used where it cannot work (outside a request, or in the wrong phase)."""
+
+
+def _ctx() -> RequestContext:
+    ctx = CURRENT.ctx
+    if ctx is None:
+        raise PdkError("no request: the PDK is usable in phase functions only")
+    return ctx
+
+
+def _head() -> ResponseHead:
+    head = CURRENT.head
+    if head is None:
+        raise PdkError("the response head is only available in header_filter")
+    return head
+
+
+def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
+    """The functions pdk.lua builds `ando` from."""
+
+    def get_method() -> str:
+        return _ctx().method
+
+    def get_uri() -> str:
+        """Path and query as the client sent them (APISIX's request_uri)."""
+        ctx = _ctx()
+        uri = ctx.var("request_uri")
+        if uri is not None:
+            return uri
+        q = ctx.query
+        return f"{ctx.path}?{q}" if q else ctx.path
+
+    def get_path() -> str:
+        return _ctx().path
+
+    def get_query() -> str:
+        return _ctx().query
+
+    def get_arg(name: str) -> str | None:
+        return _ctx().args.get(name)
+
+    def get_header(name: str) -> str | None:
+        return _ctx().header(name)
+
+    def get_headers() -> Any:
+        """Lower-case name -> value; a repeated header -> an array of its values."""
+        out: dict[str, Any] = {}
+        for k, v in _ctx().headers:
+            k = k.lower()
+            found = out.get(k)
+            if found is None:
+                out[k] = v
+            elif isinstance(found, list):
+                found.append(v)
+            else:
+                out[k] = [found, v]
+        return state.to_lua(out)
+
+    def set_header(name: str, value: Any) -> None:
+        _ctx().set_header(name, str(value))
+
+    def add_header(name: str, value: Any) -> None:
+        _ctx().add_header(name, str(value))
+
+    def remove_header(name: str) -> None:
+        _ctx().remove_header(name)
+
+    def set_uri(uri: str) -> None:
+        _ctx().set_uri(uri)
+
+    def set_arg(name: str, value: Any) -> None:
+        _ctx().set_arg(name, None if value is None else str(value))
+
+    def get_remote_addr() -> str:
+        return _ctx().client_addr
+
+    def get_host() -> str:
+        return _ctx().host
+
+    def get_scheme() -> str:
+        return _ctx().scheme
+
+    def set_status(status: int) -> None:
+        _head().status = int(status)
+
+    def get_status() -> int:
+        head = CURRENT.head
+        return head.status if head is not None else _ctx().status
+
+    def resp_get_header(name: str) -> str | None:
+        return _head().get(name)
+
+    def resp_set_header(name: str, value: Any) -> None:
+        head = CURRENT.head
+        if head is not None:
+            head.set(name, str(value))
+        else:
+            _ctx().set_response_header(name, str(value))
+
+    def resp_add_header(name: str, value: Any) -> None:
+        head = CURRENT.head
+        if head is not None:
+            head.add(name, str(value))
+        else:
+            _ctx().add_response_header(name, str(value))
+
+    def resp_remove_header(name: str) -> None:
+        _head().remove(name)
+
+    def var(name: str) -> Any:
+        return _ctx().var(name)
+
+    def log(level: str, message: str) -> None:
+        emit = CURRENT.log
+        if emit is None:
+            return
+        ctx = CURRENT.ctx
+        emit(
+            "lua_log",
+            level=level,
+            plugin=CURRENT.plugin,
+            route_id=ctx.route_id if ctx is not None else None,
+            message=message,
+        )
+
+    def json_encode(value: Any) -> str:
+        return orjson.dumps(state.to_python(value)).decode()
+
+    def json_decode(text: str) -> Any:
+        return state.to_lua(orjson.loads(text))
+
+    return {
+        "get_method": get_method,
+        "get_uri": get_uri,
+        "get_path": get_path,
+        "get_query": get_query,
+        "get_arg": get_arg,
+        "get_header": get_header,
+        "get_headers": get_headers,
+        "set_header": set_header,
+        "add_header": add_header,
+        "remove_header": remove_header,
+        "set_uri": set_uri,
+        "set_arg": set_arg,
+        "get_remote_addr": get_remote_addr,
+        "get_host": get_host,
+        "get_scheme": get_scheme,
+        "set_status": set_status,
+        "get_status": get_status,
+        "resp_get_header": resp_get_header,
+        "resp_set_header": resp_set_header,
+        "resp_add_header": resp_add_header,
+        "resp_remove_header": resp_remove_header,
+        "var": var,
+        "log": log,
+        "json_encode": json_encode,
+        "json_decode": json_decode,
+    }

@@ -1,0 +1,221 @@
+"""Lua plugins: load the modules `ando.lua.plugins` names and adapt each into a Plugin class.
+
+A Lua plugin module returns a table:
+
+    return {
+        name = "hello-world", priority = 1000, version = "0.1",
+        schema = {type = "object", properties = {...}},        -- JSON Schema, as a Lua table
+        access = function(conf, ctx) ... end,                    -- any of the six phases
+    }
+
+Each becomes a `Plugin` subclass that binds only the phases the module defines. Its
+configuration is converted to a Lua table once per config (in `__init__`); the `ctx` table is
+created for a request the first time a Lua plugin runs on it and shared by all of them (kept in
+`RequestContext.data`). A request phase that returns `status, body[, headers]` (or calls
+`ando.response.exit`) answers with that response; a Lua error raises `LuaPluginError`, which
+the pipeline turns into a 500 and a `plugin_error` log line with the Lua traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from ando.lua.pdk import CURRENT
+from ando.lua.runtime import LuaState, state
+from ando.plugins.base import PHASES, BuildContext, Plugin, Response
+from ando.plugins.context import RequestContext, ResponseHead
+
+_CTX_KEY = "ando.lua.ctx"
+
+
+class LuaPluginError(Exception):
+    """Lua code failed at request time; the message carries the Lua traceback."""
+
+
+class LuaPlugin(Plugin):
+    """The base of every Lua plugin class (one class per Lua module and Lua state)."""
+
+    lua_state: ClassVar[LuaState]
+    lua_module: ClassVar[str] = ""
+    lua_file: ClassVar[str] = ""
+    lua_schema: ClassVar[dict[str, Any]] = {}
+    lua_functions: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
+        super().__init__(conf, build)
+        st = self.lua_state
+        lconf = st.to_lua(conf)  # once per configuration
+        self._bound = {phase: st.bind(fn, lconf) for phase, fn in self.lua_functions.items()}
+        self._log = build.log
+
+    def _invoke(self, phase: str, ctx: RequestContext, head: ResponseHead | None) -> Any:
+        data = ctx.data
+        lctx = data.get(_CTX_KEY)
+        if lctx is None:
+            lctx = data[_CTX_KEY] = self.lua_state.new_ctx()
+        cur = CURRENT
+        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self.name
+        try:
+            result = self._bound[phase](lctx)
+        finally:
+            cur.ctx = cur.head = cur.log = None
+        if result.__class__ is tuple and result[0] == 2:
+            raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {result[1]}")
+        return result
+
+    def _answer(self, status: Any, body: Any, headers: Any = None) -> Response:
+        st = self.lua_state
+        if not isinstance(status, int | float) or not 100 <= int(status) <= 599:
+            raise LuaPluginError(f"Lua plugin {self.name} answered with status {status!r}")
+        plain = body if body is None or isinstance(body, str) else st.to_python(body)
+        hdrs = st.to_python(headers) if headers is not None else None
+        if hdrs is not None and not isinstance(hdrs, dict):
+            raise LuaPluginError(f"Lua plugin {self.name}: headers must be a table of names")
+        return Response(
+            int(status), plain, {str(k): str(v) for k, v in hdrs.items()} if hdrs else None
+        )
+
+
+def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Response | None]:
+    def run(self: LuaPlugin, ctx: RequestContext) -> Response | None:
+        result = self._invoke(phase, ctx, None)
+        if result.__class__ is tuple and result[0] == 1:
+            return self._answer(*result[1:])
+        return None
+
+    run.__name__ = phase
+    return run
+
+
+def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseHead], None]:
+    def header_filter(self: LuaPlugin, ctx: RequestContext, head: ResponseHead) -> None:
+        self._invoke(phase, ctx, head)
+
+    return header_filter
+
+
+def _log_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], None]:
+    def log(self: LuaPlugin, ctx: RequestContext) -> None:
+        self._invoke(phase, ctx, None)
+
+    return log
+
+
+_ADAPTERS: dict[str, Callable[[Any], Callable[..., Any]]] = {
+    "rewrite": _request_phase,
+    "access": _request_phase,
+    "before_proxy": _request_phase,
+    "header_filter": _header_filter,
+    "log": _log_phase,
+}
+
+# Phases a Lua module may define; body_filter is not offered yet (see docs/lua-pdk.md).
+LUA_PHASES = tuple(p for p in PHASES if p in _ADAPTERS)
+
+
+def _class_from(st: LuaState, module: str, file: str, mod: Any) -> type[LuaPlugin] | str:
+    """The Plugin class for a loaded module's table, or what is wrong with it."""
+    from lupa.luajit21 import lua_type
+
+    if lua_type(mod) != "table":
+        return f"{file}: the module must return a table (name, priority, schema, phases)"
+    name = mod["name"]
+    if not isinstance(name, str) or not name:
+        return f"{file}: the module's table needs `name`, a non-empty string"
+    priority = mod["priority"]
+    if isinstance(priority, bool) or not isinstance(priority, int | float):
+        return f"{file}: plugin {name}: `priority` must be a number"
+    version = mod["version"]
+    raw_schema = mod["schema"]
+    if raw_schema is None:
+        schema: Any = {"type": "object"}
+    else:
+        try:
+            schema = st.to_python(raw_schema)
+        except TypeError as e:
+            return f"{file}: plugin {name}: schema: {e}"
+    if not isinstance(schema, dict):
+        return f"{file}: plugin {name}: `schema` must be a table (a JSON Schema object)"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.path)
+        return (
+            f"{file}: plugin {name}: invalid schema{' at ' + where if where else ''}: {e.message}"
+        )
+    attrs: dict[str, Any] = {
+        "name": name,
+        "priority": int(priority),
+        "version": str(version) if version is not None else "0.1",
+        "lua_state": st,
+        "lua_module": module,
+        "lua_file": file,
+        "lua_schema": schema,
+        "__doc__": f"Lua plugin {name} ({file}).",
+    }
+    functions: dict[str, Any] = {}
+    for phase in PHASES:
+        fn = mod[phase]
+        if fn is None:
+            continue
+        if not st.is_function(fn):
+            return f"{file}: plugin {name}: `{phase}` must be a function"
+        if phase not in _ADAPTERS:
+            return f"{file}: plugin {name}: the {phase} phase is not available to Lua plugins yet"
+        functions[phase] = fn
+        attrs[phase] = _ADAPTERS[phase](phase)
+    attrs["lua_functions"] = functions
+    cls_name = "Lua_" + "".join(c if c.isalnum() else "_" for c in name)
+    return type(cls_name, (LuaPlugin,), attrs)
+
+
+def lua_paths(settings: Mapping[str, Any], config_file: str) -> tuple[str, ...]:
+    """`ando.lua.paths`, a relative one taken from the config file's directory."""
+    base = Path(config_file).resolve().parent
+    return tuple(str((base / p).resolve()) for p in settings.get("paths", ()))
+
+
+def load_lua_plugins(
+    settings: Mapping[str, Any], config_file: str
+) -> tuple[list[tuple[int, type[LuaPlugin]]], list[tuple[int, str]]]:
+    """(index in ando.lua.plugins, class) in this process's Lua state, and the problems as
+    (index in ando.lua.plugins, message naming the Lua file and line)."""
+    modules = list(settings.get("plugins", ()))
+    if not modules:
+        return [], []
+    st = state()
+    paths = lua_paths(settings, config_file)
+    unsafe = bool(settings.get("unsafe", False))
+    classes: list[tuple[int, type[LuaPlugin]]] = []
+    problems: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    for i, module in enumerate(modules):
+        ok, value, file = st.load_module(paths, unsafe, module)
+        if not ok:
+            problems.append((i, f"cannot load Lua plugin '{module}': {value}"))
+            continue
+        key = ("class", module, id(value))
+        cls = st.classes.get(key)
+        if cls is None:
+            made = _class_from(st, module, file, value)
+            if isinstance(made, str):
+                problems.append((i, made))
+                continue
+            cls = st.classes[key] = made
+        if cls.name in seen:
+            problems.append(
+                (
+                    i,
+                    f"Lua plugin name '{cls.name}' is also used by "
+                    f"ando.lua.plugins[{seen[cls.name]}]",
+                )
+            )
+            continue
+        seen[cls.name] = i
+        classes.append((i, cls))
+    return classes, problems

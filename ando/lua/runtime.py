@@ -1,0 +1,190 @@
+"""One LuaJIT state per worker process, its sandboxes, and conversions between Lua and Python.
+
+LuaJIT 2.1 through `lupa.luajit21` (plain `lupa.LuaRuntime` would pick whichever Lua lupa was
+built with first, not necessarily LuaJIT). The state is created lazily, once per process: the
+master's (used by `ando validate`) is not reused by the workers it forks.
+
+Lua code never touches Python objects: the runtime is built without lupa's `python` eval and
+builtins, and an attribute filter refuses every attribute access on a Python object, so a PDK
+function (a Python callable) can be called from Lua but not inspected. Plugin modules run in a
+sandbox (lua/ando/runtime.lua): no os.execute, io, bytecode loading, C modules or debug library
+unless `ando.lua.unsafe: true`; every call into plugin code runs under an instruction budget.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lupa import luajit21
+from lupa.luajit21 import LuaError, lua_type
+
+REPO_LUA = Path(__file__).resolve().parents[2] / "lua"
+
+# Lua VM instructions one call into plugin code may run (a phase function, or loading a
+# module): some tens of milliseconds in LuaJIT's interpreter. Time spent in C functions
+# (string.rep, table.sort) and in PDK calls is not counted.
+BUDGET = 10_000_000
+
+BUDGET_MESSAGE = "instruction budget exceeded"
+
+# JSON Schema keywords whose value is an array even when a Lua table for it is empty.
+_ARRAY_KEYS = frozenset({"required", "enum", "anyOf", "oneOf", "allOf", "prefixItems"})
+
+
+def _no_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    raise AttributeError("Lua code cannot access attributes of Python objects")
+
+
+def search_path(paths: Iterable[str]) -> str:
+    """A package.path string: the configured directories first, then the repository's lua/."""
+    dirs = [*paths, str(REPO_LUA)]
+    return ";".join(f"{d}/?.lua;{d}/?/init.lua" for d in dirs)
+
+
+class LuaState:
+    """The worker's Lua state: the trusted core, the PDK, and sandboxes by (path, unsafe)."""
+
+    def __init__(self) -> None:
+        self.lua = luajit21.LuaRuntime(
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            attribute_filter=_no_attributes,
+        )
+        version = self.lua.execute("return jit and jit.version")
+        if not (isinstance(version, str) and version.startswith("LuaJIT 2.1")):
+            raise RuntimeError(f"lupa.luajit21 is not LuaJIT 2.1: {version!r}")
+        self.version: str = version
+        lua = self.lua
+        self._table = lua.table
+        lua.execute("package.path = ''; package.cpath = ''")
+        self.core = self._run_file(REPO_LUA / "ando" / "runtime.lua")
+        from ando.lua.pdk import bindings
+
+        self.pdk = self._run_file(REPO_LUA / "ando" / "pdk.lua")(
+            self.to_lua(bindings(self)), self.core.EXIT
+        )
+        self.core.set_var(self.pdk.var)
+        self._call = self.core.call
+        self._bind = self.core.bind
+        self.new_ctx = self.core.new_ctx
+        self._is_function = self.core.is_function
+        self.sandboxes: dict[tuple[str, bool], Any] = {}
+        # (sandbox key, module name, file, source) -> the loaded module, or its error
+        self.modules: dict[tuple[Any, ...], tuple[bool, Any, str]] = {}
+        # Plugin classes made from loaded modules (ando/lua/plugin.py), by the module's key.
+        self.classes: dict[Any, Any] = {}
+
+    def _run_file(self, path: Path) -> Any:
+        loader = self.lua.eval("function(src, name) return assert(load(src, name, 't')) end")
+        return loader(path.read_text(), f"@{path}")()
+
+    # --- sandboxes and modules -----------------------------------------------------------------
+
+    def sandbox(self, paths: tuple[str, ...], unsafe: bool) -> Any:
+        key = (search_path(paths), unsafe)
+        found = self.sandboxes.get(key)
+        if found is None:
+            found = self.sandboxes[key] = self.core.new_sandbox(key[0], unsafe, self.pdk)
+        return found
+
+    def load_module(self, paths: tuple[str, ...], unsafe: bool, name: str) -> tuple[bool, Any, str]:
+        """(True, module value, file) or (False, "file:line: message", file), once per distinct
+        source: a changed file is loaded again (into a new sandbox, so its own cache is fresh)."""
+        box = self.sandbox(paths, unsafe)
+        file = self.core.find(box, name)
+        if not isinstance(file, str):
+            where = file[1] if isinstance(file, tuple) else ""
+            return False, f"Lua module '{name}' not found:{where}", ""
+        try:
+            source = Path(file).read_bytes()
+        except OSError as e:
+            return False, f"{file}: {e.strerror}", file
+        key = (search_path(paths), unsafe, name, file, source)
+        found = self.modules.get(key)
+        if found is not None:
+            return found
+        if any(k[:4] == key[:4] for k in self.modules):
+            # the file changed since it was loaded: start from a fresh sandbox
+            self.sandboxes.pop((key[0], unsafe), None)
+            box = self.sandbox(paths, unsafe)
+        ok, value = self.core.load_module(box, name, BUDGET)
+        found = self.modules[key] = (bool(ok), value if ok else _full_path(str(value), file), file)
+        return found
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def call(self, fn: Any, conf: Any, ctx: Any) -> Any:
+        """Call plugin code `fn(conf, ctx)`: see M.call in lua/ando/runtime.lua for the result."""
+        return self._call(self.pdk, fn, conf, ctx, BUDGET)
+
+    def bind(self, fn: Any, conf: Any) -> Any:
+        """`fn` with its configuration: a callable taking the request's ctx table, with the
+        result of `call`."""
+        return self._bind(self.pdk, fn, conf, BUDGET)
+
+    def is_function(self, value: Any) -> bool:
+        return bool(self._is_function(value))
+
+    # --- conversions -------------------------------------------------------------------------
+
+    def to_lua(self, value: Any) -> Any:
+        """Plain data (JSON-like, mappings, lists, tuples) as Lua values; None stays nil."""
+        if isinstance(value, Mapping):
+            t = self._table()
+            for k, v in value.items():
+                if v is not None:
+                    t[k] = self.to_lua(v)
+            return t
+        if isinstance(value, list | tuple):
+            t = self._table()
+            for i, v in enumerate(value, 1):
+                t[i] = self.to_lua(v)
+            return t
+        return value
+
+    def to_python(self, value: Any, key: Any = None) -> Any:
+        """A Lua value as plain data: a table with keys 1..n is a list, any other a dict (an
+        empty table is {} except under JSON Schema's array keywords)."""
+        if lua_type(value) != "table":
+            if lua_type(value) is not None:
+                raise TypeError(f"a Lua {lua_type(value)} cannot be converted to data")
+            return value
+        items = list(value.items())
+        if not items:
+            return [] if key in _ARRAY_KEYS else {}
+        n = len(items)
+        if all(isinstance(k, int) and not isinstance(k, bool) for k, _ in items):
+            keys = sorted(k for k, _ in items)
+            if keys == list(range(1, n + 1)):
+                by = dict(items)
+                return [self.to_python(by[i]) for i in range(1, n + 1)]
+        return {str(k): self.to_python(v, k) for k, v in items}
+
+
+def _full_path(message: str, file: str) -> str:
+    """Lua shortens long chunk names to "...tail": put the module's whole path back."""
+    if message.startswith("..."):
+        colon = message.find(":")
+        if colon > 3 and file.endswith(message[3:colon]):
+            return file + message[colon:]
+    return message
+
+
+_state: LuaState | None = None
+_state_pid = 0
+
+
+def state() -> LuaState:
+    """This process's Lua state (a forked worker makes its own)."""
+    global _state, _state_pid
+    pid = os.getpid()
+    if _state is None or _state_pid != pid:
+        _state, _state_pid = LuaState(), pid
+    return _state
+
+
+__all__ = ["BUDGET", "BUDGET_MESSAGE", "LuaError", "LuaState", "search_path", "state"]

@@ -1,0 +1,249 @@
+-- The trusted core of Ando's Lua runtime: sandboxes, the module loader and the call trampoline.
+--
+-- Loaded once per worker process by ando/lua/runtime.py, in the full global environment (it
+-- needs `debug.sethook`, `io.open` and `jit`). Plugin code never sees this module: it runs in a
+-- sandbox environment built here, with the PDK (`ando`) as a global.
+--
+-- The instruction budget is a count hook set around every call into plugin code. LuaJIT does
+-- not run hooks inside compiled traces, so every chunk of plugin code is loaded with
+-- `jit.off(chunk, true)`: it runs in LuaJIT's interpreter, where the hook always fires.
+
+local M = {}
+
+local sethook = debug.sethook
+local traceback = debug.traceback
+local raw_pcall, raw_xpcall = pcall, xpcall
+local raw_resume = coroutine.resume
+local getmetatable, setmetatable, type, tostring, error = getmetatable, setmetatable, type, tostring, error
+local unpack, select, pairs = unpack, select, pairs
+local jit_off = jit.off
+local open = io.open
+local searchpath = package.searchpath
+
+local BUDGET = "instruction budget exceeded"
+local EXIT = {}             -- metatable marking ando.response.exit()'s sentinel error
+M.EXIT = EXIT
+
+local exhausted = false
+
+local function budget_hook()
+    -- Once the budget is spent, fire again soon: plugin code that caught the error (pcall,
+    -- coroutine.resume) cannot run on.
+    exhausted = true
+    sethook(budget_hook, "", 1000)
+    error(BUDGET, 0)
+end
+
+-- pcall/xpcall/coroutine.resume as plugin code sees them: they cannot swallow the budget
+-- error or ando.response.exit().
+local function fatal_check(ok, err, ...)
+    if not ok then
+        if exhausted then
+            error(BUDGET, 0)
+        end
+        if getmetatable(err) == EXIT then
+            error(err, 0)
+        end
+    end
+    return ok, err, ...
+end
+
+local function guarded_pcall(f, ...)
+    return fatal_check(raw_pcall(f, ...))
+end
+
+local function guarded_xpcall(f, handler, ...)
+    local function h(e)
+        if exhausted or getmetatable(e) == EXIT then
+            return e
+        end
+        return handler(e)
+    end
+    return fatal_check(raw_xpcall(f, h, ...))
+end
+
+local function guarded_resume(co, ...)
+    return fatal_check(raw_resume(co, ...))
+end
+
+local function copy(t, without)
+    local out = {}
+    for k, v in pairs(t) do
+        if not (without and without[k]) then
+            out[k] = v
+        end
+    end
+    return out
+end
+
+-- Strings' shared metatable cannot be read or replaced from plugin code.
+getmetatable("").__metatable = false
+
+local function text_loader(env)
+    -- load()/loadstring() for plugin code: source text only (mode "t"), into the sandbox,
+    -- interpreted (so the budget holds).
+    local function load_text(chunk, name, mode, chunk_env)
+        if mode ~= nil and mode ~= "t" then
+            return nil, "only text chunks can be loaded (mode \"t\")"
+        end
+        local fn, err = load(chunk, name, "t", chunk_env or env)
+        if fn then
+            jit_off(fn, true)
+        end
+        return fn, err
+    end
+    local function loadstring_text(s, name)
+        return load_text(s, name, "t")
+    end
+    return load_text, loadstring_text
+end
+
+-- A sandbox: the environment plugin modules run in, with their own module cache.
+-- `path` is the package.path-style search string; `unsafe` gives the full standard library.
+function M.new_sandbox(path, unsafe, pdk)
+    local env
+    if unsafe then
+        env = setmetatable({}, { __index = _G })
+    else
+        env = {
+            assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+            select = select, tonumber = tonumber, tostring = tostring, type = type,
+            unpack = unpack, rawequal = rawequal, rawget = rawget, rawset = rawset,
+            setmetatable = setmetatable, getmetatable = getmetatable, _VERSION = _VERSION,
+            string = copy(string, { dump = true }),
+            table = copy(table),
+            math = copy(math),
+            bit = copy(bit),
+            os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime },
+            coroutine = {
+                create = coroutine.create, status = coroutine.status, running = coroutine.running,
+                yield = coroutine.yield, wrap = coroutine.wrap, resume = guarded_resume,
+            },
+        }
+    end
+    env.pcall, env.xpcall = guarded_pcall, guarded_xpcall
+    env.load, env.loadstring = text_loader(env)
+    env.print = function(...)
+        local parts = {}
+        for i = 1, select("#", ...) do
+            parts[i] = tostring((select(i, ...)))
+        end
+        pdk.log.info(table.concat(parts, "\t"))
+    end
+    env.ando = pdk
+    env._G = env
+
+    local loaded = { ando = pdk, ["ando.pdk"] = pdk }
+    local function require_(name)
+        local found = loaded[name]
+        if found ~= nil then
+            return found
+        end
+        local file, err = searchpath(name, path)
+        if not file then
+            error("module '" .. tostring(name) .. "' not found:" .. err, 2)
+        end
+        local f = open(file, "rb")
+        if not f then
+            error("cannot read " .. file, 2)
+        end
+        local src = f:read("*a")
+        f:close()
+        local chunk, lerr = load(src, "@" .. file, "t", env)
+        if not chunk then
+            error(lerr, 0)
+        end
+        jit_off(chunk, true)
+        local mod = chunk(name)
+        if mod == nil then
+            mod = true
+        end
+        loaded[name] = mod
+        return mod
+    end
+    env.require = require_
+    return { env = env, require = require_, path = path }
+end
+
+-- Where a module would be loaded from (nil and the list of places tried when nowhere).
+function M.find(sandbox, name)
+    return searchpath(name, sandbox.path)
+end
+
+local function handler(e)
+    if getmetatable(e) == EXIT then
+        return e
+    end
+    if exhausted then
+        e = BUDGET
+    end
+    return traceback(tostring(e), 2)
+end
+
+-- Load a plugin module in `sandbox`, under the budget: the module's value, or an error string
+-- ("file:line: message").
+function M.load_module(sandbox, name, budget)
+    exhausted = false
+    sethook(budget_hook, "", budget)
+    local ok, mod = raw_xpcall(sandbox.require, function(e)
+        if exhausted then
+            return BUDGET
+        end
+        return tostring(e)
+    end, name)
+    sethook()
+    if ok then
+        return true, mod
+    end
+    return false, mod
+end
+
+-- Call a phase function of plugin code. Returns 0 when it went on (or 0 and what it returned,
+-- when that is not nil and not a number); 1, status, body, headers when it answered; 2 and the
+-- error with the Lua traceback when it failed.
+local function call(pdk, fn, conf, ctx, budget)
+    pdk.ctx = ctx
+    exhausted = false
+    sethook(budget_hook, "", budget)
+    local ok, r1, r2, r3 = raw_xpcall(fn, handler, conf, ctx)
+    sethook()
+    if ok then
+        if r1 == nil then
+            return 0
+        end
+        if type(r1) == "number" then
+            return 1, r1, r2, r3
+        end
+        return 0, r1
+    end
+    if getmetatable(r1) == EXIT then
+        return 1, r1.status, r1.body, r1.headers
+    end
+    return 2, r1
+end
+M.call = call
+
+-- A phase function bound to its configuration: Python calls it with the request's ctx only.
+function M.bind(pdk, fn, conf, budget)
+    return function(ctx)
+        return call(pdk, fn, conf, ctx, budget)
+    end
+end
+
+-- The table a request's Lua plugins share as `ctx` (and `ando.ctx`): `ctx.var.NAME` reads
+-- APISIX variables as in APISIX plugins (of the request being served, through the PDK).
+local CTX_MT
+function M.set_var(var)
+    local VAR = setmetatable({}, { __index = function(_, k) return var(k) end })
+    CTX_MT = { __index = { var = VAR } }
+end
+
+function M.new_ctx()
+    return setmetatable({}, CTX_MT)
+end
+
+function M.is_function(v)
+    return type(v) == "function"
+end
+
+return M

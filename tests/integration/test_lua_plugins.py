@@ -1,0 +1,361 @@
+"""Lua plugins through a running gateway: the two examples, every PDK function, and failures
+(runtime error, runaway loop, forbidden call) each contained to its request."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.client import request
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import echoed_headers
+
+PROBE = """
+return {
+    name = "pdk-probe",
+    priority = 500,
+    schema = {type = "object", properties = {tag = {type = "string", default = "t"}}},
+    rewrite = function(conf, ctx)
+        local r = ando.request
+        r.set_header("X-Method", r.get_method())
+        r.set_header("X-Uri", r.get_uri())
+        r.set_header("X-Path", r.get_path())
+        r.set_header("X-Query", r.get_query())
+        r.set_header("X-Arg", r.get_arg("a") or "none")
+        r.set_header("X-In", r.get_header("x-in") or "none")
+        local hs = r.get_headers()
+        r.set_header("X-Multi", type(hs["x-multi"]) == "table" and table.concat(hs["x-multi"], ",")
+            or tostring(hs["x-multi"]))
+        r.set_header("X-Remote", r.get_remote_addr())
+        r.set_header("X-Host", r.get_host())
+        r.set_header("X-Scheme", r.get_scheme())
+        r.set_header("X-Var-Uri", ando.var("uri"))
+        r.set_header("X-Ctx-Var", ctx.var.request_method)
+        r.set_header("X-Tag", conf.tag)
+        r.add_header("X-Added", "1")
+        r.add_header("X-Added", "2")
+        r.remove_header("x-remove-me")
+        r.set_header("X-Json", ando.json.encode({list = {1, 2}, ok = true}))
+        r.set_header("X-Decoded", tostring(ando.json.decode('{"b": [10, 20]}').b[2]))
+        ando.ctx.seen = "from-rewrite"
+        ando.log.warn("probe saw", r.get_path())
+    end,
+    access = function(conf, ctx)
+        ando.request.set_header("X-Ctx", ctx.seen)
+        ando.request.set_header("X-Same", tostring(ando.ctx == ctx))
+        if ando.request.get_arg("setarg") then
+            ando.request.set_uri("/rewritten")
+            ando.request.set_arg("added", "yes")
+        end
+        ando.response.set_header("X-Early", "set-in-access")
+    end,
+    header_filter = function(conf, ctx)
+        ando.response.set_header("X-Old-Status", ando.response.get_status())
+        ando.response.set_header("X-Up-Type", ando.response.get_header("content-type") or "none")
+        local s = ando.request.get_arg("status")
+        if s then
+            ando.response.set_status(tonumber(s))
+        end
+        ando.response.add_header("X-Resp", "a")
+        ando.response.add_header("X-Resp", "b")
+    end,
+    log = function(conf, ctx)
+        ando.log.info("logged", ando.response.get_status())
+    end,
+}
+"""
+
+SECOND = """
+return {
+    name = "pdk-second",
+    priority = 400,
+    access = function(conf, ctx)
+        ando.request.set_header("X-Second-Sees", tostring(ctx.seen))
+    end,
+}
+"""
+
+EXIT = """
+return {
+    name = "exit-probe",
+    priority = 500,
+    access = function(conf, ctx)
+        if ando.request.get_arg("pcall") then
+            -- plugin code cannot swallow exit with pcall
+            pcall(ando.response.exit, 403, "denied")
+            return
+        end
+        if ando.request.get_arg("text") then
+            return 429, "slow down", {["X-Why"] = "text"}
+        end
+        ando.response.exit(418, {message = "teapot", list = {1, 2}}, {["X-Exit"] = "1"})
+    end,
+}
+"""
+
+FAIL = """
+return {
+    name = "fail-probe",
+    priority = 500,
+    access = function(conf, ctx)
+        local mode = ando.request.get_arg("mode")
+        if mode == "error" then
+            error("boom from lua")
+        elseif mode == "loop" then
+            while true do end
+        elseif mode == "swallow" then
+            while true do pcall(function() while true do end end) end
+        elseif mode == "exec" then
+            os.execute("touch /tmp/ando-lua-pwned")
+        elseif mode == "io" then
+            io.open("/etc/passwd")
+        elseif mode == "ffi" then
+            require("ffi")
+        elseif mode == "bytecode" then
+            load(string.dump(function() end))
+        end
+    end,
+}
+"""
+
+
+def edited(version: int) -> str:
+    return f"""
+return {{
+    name = "edit-probe",
+    priority = 1,
+    header_filter = function(conf, ctx) ando.response.set_header("X-Version", "{version}") end,
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("lua")
+    lua_dir = tmp / "lua"
+    (lua_dir / "probes").mkdir(parents=True)
+    files = {"probe": PROBE, "second": SECOND, "exit": EXIT, "fail": FAIL, "edit": edited(1)}
+    for name, src in files.items():
+        (lua_dir / "probes" / f"{name}.lua").write_text(src)
+    config = {
+        "ando": {
+            "lua": {
+                "paths": [str(lua_dir)],
+                "plugins": [
+                    "examples.hello_world",
+                    "examples.custom_auth",
+                    "probes.probe",
+                    "probes.second",
+                    "probes.exit",
+                    "probes.fail",
+                    "probes.edit",
+                ],
+            }
+        },
+        "routes": [
+            {
+                "id": "hello",
+                "uri": "/hello",
+                "upstream": up,
+                "plugins": {"hello-world": {"headers": {"X-Hello": "world", "X-Two": "2"}}},
+            },
+            {
+                "id": "auth",
+                "uri": "/auth/*",
+                "upstream": up,
+                "plugins": {"custom-auth": {"tokens": ["s3cret", "other"]}, "hello-world": {}},
+            },
+            {
+                "id": "probe",
+                "uri": "/probe*",
+                "upstream": up,
+                "plugins": {"pdk-probe": {"tag": "tagged"}, "pdk-second": {}},
+            },
+            {"id": "probe-rw", "uri": "/rewritten", "upstream": up},
+            {"id": "exit", "uri": "/exit", "upstream": up, "plugins": {"exit-probe": {}}},
+            {"id": "fail", "uri": "/fail", "upstream": up, "plugins": {"fail-probe": {}}},
+            {"id": "edit", "uri": "/edit", "upstream": up, "plugins": {"edit-probe": {}}},
+        ],
+    }
+    with GatewayProcess(config, tmp, workers=2) as g:  # each worker has its own Lua state
+        yield g
+
+
+def events(gw: GatewayProcess, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in gw.stderr().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == name:
+            out.append(rec)
+    return out
+
+
+def wait_events(gw: GatewayProcess, name: str, pred: Any) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while True:
+        found = [e for e in events(gw, name) if pred(e)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+# --- the examples -------------------------------------------------------------------------
+
+
+def test_hello_world_adds_configured_headers(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/hello")
+    assert r.status == 200
+    assert r.header("X-Hello") == "world"
+    assert r.header("X-Two") == "2"
+
+
+def test_hello_world_default_conf(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/auth/x", headers={"x-token": "s3cret"})
+    assert r.header("X-Hello") == "world"  # the schema's default
+
+
+def test_custom_auth(gw: GatewayProcess) -> None:
+    ok = request(gw.port, "GET", "/auth/x", headers={"x-token": "other"})
+    assert ok.status == 200
+    assert ok.json()["path"] == "/auth/x"
+    missing = request(gw.port, "GET", "/auth/x")
+    assert missing.status == 401
+    assert missing.json() == {"message": "Missing token"}
+    assert missing.header("content-type") == "application/json"
+    assert missing.header("X-Hello") == "world"  # header_filter runs on gateway-made answers
+    bad = request(gw.port, "GET", "/auth/x", headers={"x-token": "nope"})
+    assert bad.status == 401
+    assert bad.json() == {"message": "Invalid token"}
+
+
+# --- the PDK --------------------------------------------------------------------------------
+
+
+def test_pdk_request_functions(gw: GatewayProcess) -> None:
+    r = request(
+        gw.port,
+        "POST",
+        "/probe/x?a=1&b=two",
+        headers=[("x-in", "hello"), ("x-multi", "m1"), ("x-multi", "m2"), ("x-remove-me", "1")],
+        body=b"",
+    )
+    assert r.status == 200, r.body
+    h = echoed_headers(r)
+    assert h["x-method"] == ["POST"]
+    assert h["x-uri"] == ["/probe/x?a=1&b=two"]
+    assert h["x-path"] == ["/probe/x"]
+    assert h["x-query"] == ["a=1&b=two"]
+    assert h["x-arg"] == ["1"]
+    assert h["x-in"] == ["hello"]
+    assert h["x-multi"] == ["m1,m2"] or h["x-multi"][-1] == "m1,m2"
+    assert h["x-remote"] == ["127.0.0.1"]
+    assert h["x-host"] == ["127.0.0.1"]
+    assert h["x-scheme"] == ["http"]
+    assert h["x-var-uri"] == ["/probe/x"]
+    assert h["x-ctx-var"] == ["POST"]
+    assert h["x-tag"] == ["tagged"]
+    assert h["x-added"] == ["1", "2"]
+    assert "x-remove-me" not in h
+    assert json.loads(h["x-json"][0]) == {"list": [1, 2], "ok": True}
+    assert h["x-decoded"] == ["20"]
+
+
+def test_pdk_ctx_shared_by_phases_and_plugins(gw: GatewayProcess) -> None:
+    h = echoed_headers(request(gw.port, "GET", "/probe"))
+    assert h["x-ctx"] == ["from-rewrite"]
+    assert h["x-same"] == ["true"]
+    assert h["x-second-sees"] == ["from-rewrite"]
+    # a new request gets a new ctx: nothing leaks from the previous one
+    assert request(gw.port, "GET", "/probe").status == 200
+
+
+def test_pdk_set_uri_and_arg(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/probe?setarg=1")
+    body = r.json()
+    assert body["path"] == "/rewritten"
+    assert "added=yes" in body["url"]
+
+
+def test_pdk_response_functions(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/probe?status=203")
+    assert r.status == 203
+    assert r.header("X-Old-Status") == "200"
+    assert r.header("X-Up-Type") == "application/json"
+    assert r.header("X-Early") == "set-in-access"
+    assert [v for k, v in r.headers if k.lower() == "x-resp"] == ["a", "b"]
+
+
+def test_pdk_log(gw: GatewayProcess) -> None:
+    request(gw.port, "GET", "/probe/logged")
+    found = wait_events(gw, "lua_log", lambda e: e.get("message") == "probe saw /probe/logged")
+    assert found and found[0]["level"] == "warn"
+    assert found[0]["plugin"] == "pdk-probe"
+    assert found[0]["route_id"] == "probe"
+    assert wait_events(gw, "lua_log", lambda e: e.get("message") == "logged 200")
+
+
+def test_response_exit(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/exit")
+    assert r.status == 418
+    assert r.json() == {"message": "teapot", "list": [1, 2]}
+    assert r.header("X-Exit") == "1"
+    text = request(gw.port, "GET", "/exit?text=1")
+    assert text.status == 429
+    assert text.body == b"slow down"
+    assert text.header("X-Why") == "text"
+    swallowed = request(gw.port, "GET", "/exit?pcall=1")
+    assert swallowed.status == 403
+    assert swallowed.body == b"denied"
+
+
+# --- failures are contained -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("error", "boom from lua"),
+        ("loop", "instruction budget exceeded"),
+        ("swallow", "instruction budget exceeded"),
+        ("exec", "attempt to call field 'execute' (a nil value)"),
+        ("io", "attempt to index global 'io' (a nil value)"),
+        ("ffi", "module 'ffi' not found"),
+        ("bytecode", "attempt to call field 'dump' (a nil value)"),
+    ],
+)
+def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str) -> None:
+    started = time.monotonic()
+    r = request(gw.port, "GET", f"/fail?mode={mode}")
+    assert time.monotonic() - started < 5
+    assert r.status == 500
+    assert r.json() == {"error_msg": "500 Internal Server Error"}
+    found = wait_events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
+    assert found, gw.stderr()[-3000:]
+    ev = found[-1]
+    assert ev["plugin"] == "fail-probe"
+    assert ev["route_id"] == "fail"
+    assert "fail.lua:" in ev["traceback"]  # the Lua traceback names the file and line
+    # the worker keeps serving, Lua plugins included
+    assert request(gw.port, "GET", "/fail?mode=none").status == 200
+    assert request(gw.port, "GET", "/hello").header("X-Hello") == "world"
+    assert not Path("/tmp/ando-lua-pwned").exists()
+
+
+def test_changed_lua_file_reloads_on_sighup(gw: GatewayProcess) -> None:
+    assert request(gw.port, "GET", "/edit").header("X-Version") == "1"
+    (gw.tmp_path / "lua" / "probes" / "edit.lua").write_text(edited(2))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while request(gw.port, "GET", "/edit").header("X-Version") != "2":
+        assert time.monotonic() < deadline, gw.stderr()[-2000:]
+        time.sleep(0.05)
