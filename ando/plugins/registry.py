@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from functools import cache
 from types import MappingProxyType
 
-from ando.plugins import auth, security, traffic, transform
+from ando.plugins import auth, observability, security, traffic, transform
 from ando.plugins.base import Plugin
 
 
 @cache
 def builtin_plugins() -> Mapping[str, type[Plugin]]:
     found: dict[str, type[Plugin]] = {}
-    for kind in (auth, traffic, security, transform):
+    for kind in (auth, traffic, security, transform, observability):
         for cls in kind.PLUGINS:
             if cls.name in found:
                 raise RuntimeError(f"two built-in plugins named {cls.name!r}")

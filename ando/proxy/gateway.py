@@ -19,7 +19,9 @@ from ando.config.snapshot import Listener, Snapshot
 from ando.http.server import HttpConnection, Limits, Request, json_error
 from ando.http.tls import CertTable, server_context
 from ando.http.upstream import UpstreamPool
-from ando.observability.access_log import AccessLog
+from ando.observability import batch
+from ando.observability.access_log import AccessLog, add_tls
+from ando.observability.access_log import configure as configure_access_log
 from ando.plugins.base import Plugin, Response
 from ando.plugins.context import RequestContext, header_bytes
 from ando.plugins.shared import SharedDict
@@ -98,20 +100,26 @@ class Gateway:
         certs = self.certs
         if certs is None or self.config is None or snapshot.ssls != self.config.snapshot.ssls:
             certs = CertTable(snapshot.ssls.values())  # TLS contexts: rebuilt only on change
-        log_settings = snapshot.node.observability.get("access_log", {})
-        enabled = log_settings.get("enabled", True)
-        path = log_settings.get("path", "stdout")
-        access_log = self.access_log
-        if not enabled:
-            access_log = None
-        elif access_log is None or access_log.path != path:
-            access_log = AccessLog(path, self.loop)
-        old_log = self.access_log
+        access_log, retire_log = configure_access_log(
+            snapshot, self.access_log, self.loop, self.log_event
+        )
         self.config, self.limits, self.access_log, self.certs = config, limits, access_log, certs
         for conn in self.connections:
             conn.limits = limits
-        if old_log is not None and old_log is not access_log:
-            old_log.close()
+        retire_log()
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate moved the access log file): open it again by its path."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    async def close_logs(self, timeout: float) -> None:
+        """At worker exit, after the drain: write and push every log line still held (the
+        access log, VictoriaLogs, http-logger batches), within `timeout` seconds."""
+        closing = [batch.close_all(timeout)]
+        if self.access_log is not None:
+            closing.append(self.access_log.aclose(timeout))
+        await asyncio.gather(*closing)
 
     def ssl_context(self, listener: Listener) -> ssl.SSLContext | None:
         """For `tls: true` listeners: certificates by SNI from the current config's ssls."""
@@ -344,28 +352,31 @@ class Gateway:
         self.inflight -= 1
         log = self.access_log
         if log is not None:
-            now = time.time()
-            log.write(
-                {
-                    "time": log.timestamp(now),
-                    "request_id": _header_text(req, b"x-request-id"),
-                    "client_addr": req.client_addr,
-                    "method": req.method,
-                    "host": req.host,
-                    "path": req.path,
-                    "status": ex.status,
-                    "bytes_sent": ex.bytes_sent,
-                    "upstream_addr": ex.node.addr if ex.node is not None else None,
-                    "upstream_status": ex.upstream_status or None,
-                    "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
-                    "upstream_latency": int(ex.upstream_latency * 1e6) / 1e6
-                    if ex.upstream_latency is not None
-                    else None,
-                    "route_id": ex.route.id,
-                    "service_id": ex.route.service_id,
-                    "consumer": ex.pctx.consumer_name if ex.pctx is not None else None,
-                }
-            )
+            route = ex.route
+            record = {
+                "time": log.timestamp(time.time()),
+                "request_id": _header_text(req, b"x-request-id"),
+                "client_addr": req.client_addr,
+                "method": req.method,
+                "host": req.host,
+                "path": req.path,
+                "query": log.query(req.query) if req.query else None,
+                "status": ex.status,
+                "bytes_sent": ex.bytes_sent,
+                "upstream_addr": ex.node.addr if ex.node is not None else None,
+                "upstream_status": ex.upstream_status or None,
+                "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
+                "upstream_latency": int(ex.upstream_latency * 1e6) / 1e6
+                if ex.upstream_latency is not None
+                else None,
+                "route_id": route.id,
+                "route_name": route.name,
+                "service_id": route.service_id,
+                "consumer": ex.pctx.consumer_name if ex.pctx is not None else None,
+            }
+            if req.scheme == "https":
+                add_tls(record, ex.conn.transport)
+            log.write(record)
         ctx = ex.pctx
         if ctx is not None:
             ctx.status = ex.status
@@ -398,6 +409,7 @@ class Gateway:
                     "method": req.method,
                     "host": req.host,
                     "path": req.path,
+                    "query": log.query(req.query) if req.query else None,
                     "status": status,
                     "bytes_sent": sent,
                     "upstream_addr": None,
@@ -405,6 +417,7 @@ class Gateway:
                     "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
                     "upstream_latency": None,
                     "route_id": route_id,
+                    "route_name": log.route_names.get(route_id) if route_id else None,
                     "service_id": service_id,
                     "consumer": ctx.consumer_name if ctx is not None else None,
                 }

@@ -4,6 +4,9 @@ Why: each worker binds its own SO_REUSEPORT socket, so a port that is taken woul
 as N workers crashing in a loop. One plain bind (SO_REUSEADDR, *without* SO_REUSEPORT) here turns
 it into one clear line and exit 1; leaving SO_REUSEPORT off also means a second gateway started on
 the same port is refused instead of silently sharing the port with the first.
+
+The master's own listener (the status endpoints, ando/runtime/status.py) is bound here the same
+way, and kept: it is the master's socket, not a worker's.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from ando.config.snapshot import Listener
 
 
 def describe(listener: Listener) -> str:
-    host = f"[{listener.host}]" if ":" in listener.host else listener.host
-    return f"{host}:{listener.port}"
+    return address(listener.host, listener.port)
+
+
+def address(host: str, port: int) -> str:
+    """`host:port` as a user writes it in the config (`[v6]:port` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_listeners(listeners: Iterable[Listener]) -> list[str]:
@@ -32,27 +39,48 @@ def check_listeners(listeners: Iterable[Listener]) -> list[str]:
 
 def _check(listener: Listener) -> str | None:
     try:
-        infos = socket.getaddrinfo(
-            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as e:
-        return f"cannot resolve '{listener.host}': {e.strerror or e}"
-    for family, kind, proto, _, addr in dict.fromkeys(infos):
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError as e:
-            return e.strerror or str(e)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # as asyncio's create_server does: no dual stack
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            sock.listen(1)
-        except OSError as e:
-            return _explain(e)
-        finally:
-            sock.close()
+        sockets = bind_sockets(listener.host, listener.port, backlog=1)
+    except BindError as e:
+        return str(e)
+    for sock in sockets:
+        sock.close()
     return None
+
+
+class BindError(Exception):
+    """An address that cannot be bound, with the reason in words a user can act on."""
+
+
+def bind_sockets(host: str, port: int, *, backlog: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address `host` resolves to, as asyncio's
+    create_server would make them (SO_REUSEADDR, IPv6-only). Raises BindError, having closed
+    whatever it had opened."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BindError(f"cannot resolve '{host}': {e.strerror or e}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as e:
+                raise BindError(e.strerror or str(e)) from None
+            sockets.append(sock)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio's create_server does: no dual stack
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError as e:
+                raise BindError(_explain(e)) from None
+    except BindError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _explain(e: OSError) -> str:

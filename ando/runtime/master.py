@@ -10,6 +10,7 @@ each worker's channel). It runs its own uvloop loop for signals, the file watch 
   `limits.graceful_shutdown_timeout`; stragglers are killed after a little more. A second SIGINT,
   or SIGQUIT at any time, kills the workers at once.
 - A worker that dies is replaced; if they die in a loop the replacement is delayed, increasingly.
+- /status and /status/ready (ando/runtime/status.py) are answered here, from the master's state.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from ando.runtime import channel
 from ando.runtime.channel import Channel
 from ando.runtime.contract import GatewayFactory, ServingUnavailable, default_gateway_factory
 from ando.runtime.events import describe_status, log
-from ando.runtime.listeners import check_listeners, describe
+from ando.runtime.listeners import BindError, check_listeners, describe
 from ando.runtime.pidfile import default_pid_file, remove_pid_file, running_pid, write_pid_file
+from ando.runtime.status import StatusServer, status_config, status_settings
 from ando.runtime.watch import ConfigWatcher
 from ando.runtime.worker import WorkerSpec, run_worker
 
@@ -60,7 +62,8 @@ def run(
     pid_file: str | None = None,
 ) -> int:
     """`ando run`: everything that can be refused is refused before a worker exists (invalid
-    config: 1, unreadable: 2, a listener that cannot be bound: 1), then serve until a signal."""
+    config: 1, unreadable: 2, a listener or the status address that cannot be bound: 1), then
+    serve until a signal."""
     try:
         text = read_text(config_path)
         snapshot = snapshot_from_text(text, config_path)
@@ -78,6 +81,10 @@ def run(
             _say(f"ando: serving traffic is not built yet ({e}); nothing is listening. Exiting.")
             return EXIT_UNAVAILABLE
     problems = check_listeners(snapshot.node.listen)
+    status = None
+    if not problems:
+        status, problem = _bind_status(snapshot)
+        problems += [problem] if problem else []
     if problems:
         for problem in problems:
             _say(f"ando: {problem}")
@@ -86,22 +93,44 @@ def run(
     other = running_pid(pid_path)
     if other is not None and other != os.getpid():
         _say(f"ando: already running with this config (pid {other}, pid file {pid_path})")
+        _close(status)
         return EXIT_INVALID
     try:
         write_pid_file(pid_path, os.getpid())
     except OSError as e:
         _say(f"ando: cannot write pid file {pid_path}: {e.strerror or e}")
+        _close(status)
         return EXIT_INVALID
     master_pid = os.getpid()
     loop = uvloop.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        master = Master(config_path, text, snapshot, gateway_factory, pid_path)
+        master = Master(config_path, text, snapshot, gateway_factory, pid_path, status)
         return loop.run_until_complete(master.serve())
     finally:
         if os.getpid() == master_pid:  # workers never get here (they os._exit), but be sure
             remove_pid_file(pid_path, master_pid)
             loop.close()
+
+
+def _bind_status(snapshot: Snapshot) -> tuple[StatusServer | None, str | None]:
+    """Bind the status address now, as the listeners were checked: a taken port is one clear
+    line at start rather than a node its load balancer can never see ready."""
+    try:
+        settings = status_settings(snapshot.node)
+    except ValueError as e:
+        return None, f"cannot listen on the status address (ando.observability.status): {e}"
+    if settings is None:
+        return None, None
+    try:
+        return StatusServer.bind(settings), None
+    except BindError as e:
+        return None, f"cannot listen on {settings.address} (ando.observability.status): {e}"
+
+
+def _close(status: StatusServer | None) -> None:
+    if status is not None:
+        status.close()
 
 
 def _say(text: str) -> None:
@@ -130,7 +159,8 @@ class WorkerHandle:
     channel: Channel
     started: float
     pidfd: int | None = None
-    ready: bool = False
+    ready: bool = False  # its listeners are bound (it said READY)
+    generation: int = 0  # the newest config generation it serves
     task: asyncio.Task[None] | None = None
     waiters: list[tuple[int, asyncio.Future[dict[str, object]]]] = field(default_factory=list)
 
@@ -154,6 +184,7 @@ class Master:
         snapshot: Snapshot,
         gateway_factory: GatewayFactory,
         pid_file: str,
+        status: StatusServer | None = None,
     ) -> None:
         self.config_path = config_path
         self.snapshot, self.digest = snapshot, _digest(text)
@@ -177,6 +208,9 @@ class Master:
         self._escalate = asyncio.Event()
         self._no_workers = asyncio.Event()
         self.watcher = ConfigWatcher(config_path, lambda: self.request_reload("watch"))
+        self.status = status
+        if status is not None:
+            status.readiness = self.readiness
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -187,6 +221,18 @@ class Master:
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "graceful", "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "graceful", "SIGINT")
         loop.add_signal_handler(signal.SIGQUIT, self._on_stop_signal, "fast", "SIGQUIT")
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        try:
+            return await self._serve(loop)
+        finally:
+            if self.status is not None:
+                self.status.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Serve until a stop signal, then shut down. The status server answers from before the
+        first worker is forked (not ready yet) until the last one is gone (draining)."""
+        if self.status is not None:
+            await self.status.start()
         log(
             "start",
             pid=self.pid,
@@ -197,6 +243,7 @@ class Master:
             listen=[describe(listener) for listener in self.snapshot.node.listen],
             counts=self.snapshot.counts(),
             pid_file=self.pid_file,
+            status=self.status.settings.address if self.status is not None else None,
         )
         for slot in range(self.size):
             self._respawn(slot, None)
@@ -208,6 +255,27 @@ class Master:
         reaper.cancel()
         await self._shutdown(mode, sig)
         return EXIT_OK
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """/status/ready's answer. Ready means: a valid config is loaded (always true of a running
+        master: start refuses an invalid file and a failed reload keeps the last good config),
+        the node is not stopping, and at least one worker has its listeners bound. One is
+        enough: SO_REUSEPORT spreads connections only over sockets that exist, so a node with
+        one of four workers being replaced still serves every connection it accepts. A worker
+        still on an older generation (a reload being applied) serves a valid config too; the
+        body says how many are current."""
+        ready = [h for h in self.workers.values() if h.ready]
+        facts: dict[str, object] = {
+            "generation": self.generation,
+            "workers": self.size,
+            "workers_ready": len(ready),
+            "workers_current": sum(1 for h in ready if h.generation >= self.generation),
+        }
+        if self.stopping:
+            return False, {"status": "unavailable", "reason": "draining", **facts}
+        if not ready:
+            return False, {"status": "unavailable", "reason": "no worker is serving", **facts}
+        return True, {"status": "ok", **facts}
 
     def _on_stop_signal(self, mode: str, sig: str) -> None:
         assert self._stop_request is not None
@@ -238,6 +306,11 @@ class Master:
             left=len(self.workers),
             duration_ms=round((time.monotonic() - started) * 1000),
         )
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate's postrotate): every worker reopens its access log file."""
+        log("reopen_logs", pid=self.pid, workers=len(self.workers))
+        self._signal_workers(signal.SIGUSR1)
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for handle in list(self.workers.values()):
@@ -271,6 +344,7 @@ class Master:
             master_pid=self.pid,
         )
         inherited = list(self.workers.values())
+        status_fds = self.status.inherited_fds() if self.status is not None else []
         sys.stdout.flush()
         sys.stderr.flush()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
@@ -283,6 +357,9 @@ class Master:
             raise
         if pid == 0:  # the child: drop the master's ends of every channel, then be a worker
             try:
+                for fd in status_fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
                 parent_sock.close()
                 for other in inherited:
                     other.channel.close()
@@ -294,6 +371,7 @@ class Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_sock.close()
         handle = WorkerHandle(pid, slot, Channel(parent_sock), time.monotonic())
+        handle.generation = self.generation
         self.workers[pid] = handle
         loop = asyncio.get_running_loop()
         handle.task = loop.create_task(self._listen(handle), name=f"worker-{pid}")
@@ -340,6 +418,8 @@ class Master:
                     result = orjson.loads(frame.payload)
                 except orjson.JSONDecodeError:
                     result = {"ok": False, "error": "unreadable answer from the worker"}
+                if result.get("ok"):
+                    handle.generation = max(handle.generation, frame.generation)
                 handle.settle(frame.generation, result)
 
     async def _reap_periodically(self) -> None:
@@ -508,6 +588,8 @@ class Master:
             changed.append("ando.listen")
         if worker_count(snapshot) != self.size:
             changed.append("ando.workers")
+        if status_config(snapshot.node) != status_config(self.snapshot.node):
+            changed.append("ando.observability.status")
         return changed
 
     async def _broadcast(

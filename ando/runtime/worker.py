@@ -32,6 +32,7 @@ from ando.runtime.listeners import describe
 BACKLOG = 511  # nginx's default on Linux; the kernel caps it at net.core.somaxconn
 EXIT_OK, EXIT_CANNOT_LISTEN, EXIT_GATEWAY_FAILED, EXIT_BUG = 0, 3, 4, 70
 _PARENT_CHECK = 1.0  # seconds between checks that the master is still our parent
+LOG_FLUSH_TIMEOUT = 3.0  # seconds, after the drain, to write and push the last log lines
 
 
 @dataclass(slots=True)
@@ -76,6 +77,8 @@ def _reset_signals() -> None:
     # drain and a reload. Config reaches a worker only through its channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGUSR1 reopens the log files once the loop handles it; until then it must not kill us.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # A plain handler, not a loop one: it runs at the next bytecode even while the loop is busy.
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -95,6 +98,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.stopping = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self._stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         try:
             self.gateway = self.spec.gateway_factory(self.snapshot)
         except Exception:
@@ -152,7 +156,17 @@ class Worker:
         idle = await self.gateway.wait_idle(grace)
         if not idle:
             log("worker_drain_timeout", level="warn", pid=os.getpid(), grace=grace, reason=reason)
+        close_logs = getattr(self.gateway, "close_logs", None)  # optional for a GatewayLike
+        if close_logs is not None:
+            await close_logs(LOG_FLUSH_TIMEOUT)
         return EXIT_OK
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1 (sent by logrotate, forwarded by the master): the access log file was moved;
+        the gateway opens it again by its path."""
+        reopen = getattr(self.gateway, "reopen_logs", None)  # optional for a GatewayLike
+        if reopen is not None:
+            reopen()
 
     async def _follow_master(self) -> None:
         """Apply each config the master sends; when the channel closes the master is gone."""

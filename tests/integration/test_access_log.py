@@ -95,3 +95,125 @@ def test_a_request_refused_mid_body_is_logged_with_the_status_the_client_got(tmp
             assert answer.startswith(b"HTTP/1.1 413 ")
             lines = wait_lines(gw, 1)
     assert [(line["path"], line["status"]) for line in lines] == [("/upload", 413)]
+
+
+# --- route name, redaction, TLS facts, SIGUSR1 reopen ---------------------------------------
+
+
+def _file_lines(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_file(path, want, timeout: float = 5.0) -> list[dict]:
+    """Lines of `path` once `want(lines)` holds (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    lines = _file_lines(path)
+    while not want(lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = _file_lines(path)
+    return lines
+
+
+def _https_get(port: int, path: str, server_name: str) -> int:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+    try:
+        conn.request("GET", path, headers={"Host": server_name})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_route_name_redaction_tls_and_reopen_on_sigusr1(tmp_path):
+    import os
+    import signal
+
+    from tests.support.certs import make_cert
+    from tests.support.upstream import free_port
+
+    log_file = tmp_path / "access.log"
+    cert, key = make_cert("tls.example.com")
+    tls_port = free_port()
+    with UpstreamServer("a") as up:
+        gw = GatewayProcess({}, tmp_path, workers=2)
+        nodes = {up.addr: 1}
+        gw.write_config(
+            {
+                "ando": {
+                    "listen": [
+                        f"127.0.0.1:{gw.port}",
+                        {"addr": f"127.0.0.1:{tls_port}", "tls": True},
+                    ],
+                    "observability": {
+                        "access_log": {"path": str(log_file), "redact": ["sessid", "X-Session"]}
+                    },
+                },
+                "ssls": [{"id": "t", "cert": cert, "key": key, "snis": ["tls.example.com"]}],
+                "routes": [
+                    {"id": "r1", "name": "api", "uri": "/api/*", "upstream": {"nodes": nodes}},
+                    {
+                        "id": "r2",
+                        "name": "keyed",
+                        "uri": "/keyed",
+                        "plugins": {"key-auth": {"query": "k"}},
+                        "upstream": {"nodes": nodes},
+                    },
+                ],
+                "consumers": [
+                    {"username": "jack", "plugins": {"key-auth": {"key": "secret-jack"}}}
+                ],
+            }
+        )
+        with gw:
+            assert get(gw.port, "/api/x?apikey=SECRET1&sessid=SECRET2&page=2")[0] == 200
+            assert get(gw.port, "/api/y?API%4Bey=SECRET3&q=a%20b")[0] == 200
+            assert get(gw.port, "/keyed?k=secret-jack")[0] == 200  # a custom key-auth name
+            assert get(gw.port, "/keyed?k=SECRET4")[0] == 401  # refused by the plugin
+            assert get(gw.port, "/nowhere")[0] == 404
+            assert _https_get(tls_port, "/api/tls", "tls.example.com") == 200
+            lines = _wait_file(log_file, lambda ls: len(ls) >= 6)
+            text = log_file.read_text()
+            by_path = {line["path"]: line for line in lines}
+            assert by_path["/api/x"]["query"] == "apikey=[REDACTED]&sessid=[REDACTED]&page=2"
+            assert by_path["/api/y"]["query"] == "API%4Bey=[REDACTED]&q=a%20b"
+            assert (by_path["/api/x"]["route_name"], by_path["/api/x"]["route_id"]) == (
+                "api",
+                "r1",
+            )
+            keyed = [line for line in lines if line["path"] == "/keyed"]
+            assert sorted(line["status"] for line in keyed) == [200, 401]
+            for line in keyed:
+                assert line["query"] == "k=[REDACTED]" and line["route_name"] == "keyed"
+            assert [line["consumer"] for line in keyed if line["status"] == 200] == ["jack"]
+            assert by_path["/nowhere"]["route_name"] is None
+            assert by_path["/nowhere"]["query"] is None
+            for secret in ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "secret-jack"):
+                assert secret not in text
+            tls_line = by_path["/api/tls"]
+            assert tls_line["tls_protocol"] in ("TLSv1.2", "TLSv1.3")
+            assert tls_line["tls_cipher"]
+            assert "tls_protocol" not in by_path["/api/x"]  # plain HTTP: no TLS facts
+
+            # logrotate: move the file, SIGUSR1 to the master, which forwards it to workers.
+            rotated = tmp_path / "access.log.1"
+            os.rename(log_file, rotated)
+            before = len(_file_lines(rotated))
+            os.kill(gw.proc.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 5
+            while '"reopen_logs"' not in gw.stderr() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the workers handle the forwarded signal on their next turn
+            ids = [f"after-rotate-{i}" for i in range(20)]
+            for rid in ids:  # new connections each: both workers take some
+                assert get(gw.port, "/api/z", {"X-Request-Id": rid})[0] == 200
+            fresh = _wait_file(log_file, lambda ls: len(ls) >= len(ids))
+            assert sorted(line["request_id"] for line in fresh) == sorted(ids)
+            assert len(_file_lines(rotated)) == before  # nothing more in the rotated file
+            assert gw.proc.poll() is None  # SIGUSR1 killed no one
+            assert '"worker_exited"' not in gw.stderr()

@@ -139,12 +139,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The status endpoints (on by default, on one fixed port) are tested in test_status.py; here they
+# are off, so runtimes never collide on 127.0.0.1:7085.
+NO_STATUS = "  observability: {status: {enabled: false}}\n"
+
+
 def config_text(port: int, *versions: str, workers: int = 2, extra: str = "") -> str:
     routes = "".join(
         f"  - id: {v}\n    uri: /{v}\n    upstream: {{nodes: {{'127.0.0.1:1980': 1}}}}\n"
         for v in versions
     )
-    return f"ando:\n  listen: ['127.0.0.1:{port}']\n  workers: {workers}\n{extra}routes:\n{routes}"
+    node = f"ando:\n  listen: ['127.0.0.1:{port}']\n  workers: {workers}\n{NO_STATUS}{extra}"
+    return f"{node}routes:\n{routes}"
 
 
 class Runtime:
@@ -371,7 +377,7 @@ def test_invalid_edit_is_refused_and_the_old_config_keeps_serving(tmp_path, star
     event = runtime.wait_event("reload", lambda e: e.get("trigger") == "signal")
     assert event["result"] == "failed" and event["level"] == "error"
     assert event["serving_generation"] == 1 and event["reloads_failed"] >= 1
-    assert any(d.startswith(f"{config}:10:18: routes[1].upstream_id") for d in event["diagnostics"])
+    assert any(d.startswith(f"{config}:11:18: routes[1].upstream_id") for d in event["diagnostics"])
     assert {served(port)[0] for _ in range(10)} == {"v1"}
     # ... and a good edit afterwards is applied: a failure does not stop reloading.
     write(config, config_text(port, "v3"))
@@ -603,7 +609,7 @@ def test_start_with_an_invalid_config_exits_1_with_diagnostics(tmp_path, start, 
     runtime = start(config, cli=True)
     assert runtime.wait_exit(30) == 1
     log = runtime.log()
-    assert f"{config}:10:18: routes[1].upstream_id" in log and "not starting" in log
+    assert f"{config}:11:18: routes[1].upstream_id" in log and "not starting" in log
     assert not runtime.events("worker_started")
 
 

@@ -1,7 +1,9 @@
 """Run the real gateway (`python -m ando run -c FILE`) for black-box tests, on a free port.
 
-The config is written as JSON (which is YAML), with `ando.listen` set to the chosen port. The
-process is always stopped at the end (SIGTERM, then SIGKILL), and its output kept for assertions.
+The config is written as JSON (which is YAML), with `ando.listen` set to the chosen port, and the
+status endpoints (on by default, on 127.0.0.1:7085) moved to a free port too, so gateways started
+side by side never collide. The process is always stopped at the end (SIGTERM, then SIGKILL), and
+its output kept for assertions.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class GatewayProcess:
         access_log: bool = True,
     ) -> None:
         self.port = free_port()
+        self.status_port = free_port()  # or the port the test's config sets (see render)
         self.tmp_path = tmp_path
         self.config_path = tmp_path / "ando.yaml"
         self.stdout_path = tmp_path / "gateway.stdout"
@@ -61,9 +64,14 @@ class GatewayProcess:
         node = full.setdefault("ando", {})
         node.setdefault("listen", [f"127.0.0.1:{self.port}"])
         node.setdefault("workers", self.workers)
-        node.setdefault("observability", {}).setdefault(
-            "access_log", {"enabled": self.access_log, "path": "stdout"}
-        )
+        observability = node.setdefault("observability", {})
+        observability.setdefault("access_log", {"enabled": self.access_log, "path": "stdout"})
+        status = observability.setdefault("status", {})
+        self.status_enabled = status.get("enabled", True)
+        if "listen" in status:
+            self.status_port = int(str(status["listen"]).rpartition(":")[2])
+        else:
+            status["listen"] = f"127.0.0.1:{self.status_port}"
         return full
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -86,10 +94,33 @@ class GatewayProcess:
             )
         try:
             wait_port(self.port, proc=self.proc)
+            self._wait_all_workers()
         except Exception:
             self.stop()
             raise RuntimeError(f"gateway did not start:\n{self.stderr()}") from None
         return self
+
+    def _wait_all_workers(self, timeout: float = 15.0) -> None:
+        """One worker listening is enough to connect, not to spread connections over all of
+        them (SO_REUSEPORT): tests that count on every worker wait for /status/ready to say
+        every one is serving."""
+        if self.workers <= 1 or not self.status_enabled:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.status_port), timeout=1) as s:
+                    s.sendall(b"GET /status/ready HTTP/1.1\r\nHost: t\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(4096):
+                        data += chunk
+                body = json.loads(data.partition(b"\r\n\r\n")[2] or b"{}")
+                if body.get("workers_ready") == self.workers:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"not every worker was ready after {timeout}s")
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
