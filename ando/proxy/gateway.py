@@ -437,6 +437,8 @@ class Gateway:
         }
         record.update(fields)
         sys.stderr.write(orjson.dumps(record).decode() + "\n")
+        if self.access_log is not None:
+            self.access_log.event(record)  # to VictoriaLogs too, when it is configured
 
     # --- timeouts -----------------------------------------------------------------------------
 

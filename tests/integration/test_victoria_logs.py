@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
-from tests.support.upstream import UpstreamServer, free_port
+from tests.support.upstream import UpstreamServer, closed_port, free_port
 
 
 class Receiver:
@@ -158,6 +158,28 @@ def test_lines_arrive_in_batches_in_victoria_logs_wire_format(tmp_path):
     assert sorted(json.dumps(x, sort_keys=True) for x in lines) == sorted(
         json.dumps(x, sort_keys=True) for x in stdout_lines
     )
+
+
+def test_gateway_events_go_to_victoria_logs_beside_the_access_lines(tmp_path):
+    with Receiver() as vl:
+        config = {
+            "ando": {"observability": {"victoria_logs": {"url": vl.url, "flush_interval": 0.1}}},
+            # nothing listens there: the gateway logs an upstream_failed event, answers 502
+            "routes": [
+                {
+                    "id": "dead",
+                    "uri": "/dead",
+                    "upstream": {"nodes": {f"127.0.0.1:{closed_port()}": 1}},
+                }
+            ],
+        }
+        with GatewayProcess(config, tmp_path) as gw:
+            assert request(gw.port, "GET", "/dead").status == 502
+            vl.wait_for(lambda: any(x.get("event") == "upstream_failed" for x in vl.lines()))
+            on_stderr = events(gw, "upstream_failed")
+    pushed = [x for x in vl.lines() if x.get("event") == "upstream_failed"]
+    assert len(pushed) == 1 and pushed == on_stderr
+    assert any(x.get("path") == "/dead" and x.get("status") == 502 for x in vl.lines())
 
 
 def test_a_stalled_victoria_logs_slows_no_request_and_drops_are_counted(tmp_path):
