@@ -349,45 +349,26 @@ class Gateway:
 
     def request_finished(self, ex: ProxyExchange) -> None:
         req = ex.req
-        self.inflight -= 1
-        log = self.access_log
-        if log is not None:
-            route = ex.route
-            record = {
-                "time": log.timestamp(time.time()),
-                "request_id": _header_text(req, b"x-request-id"),
-                "client_addr": req.client_addr,
-                "method": req.method,
-                "host": req.host,
-                "path": req.path,
-                "query": log.query(req.query) if req.query else None,
-                "status": ex.status,
-                "bytes_sent": ex.bytes_sent,
-                "upstream_addr": ex.node.addr if ex.node is not None else None,
-                "upstream_status": ex.upstream_status or None,
-                "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
-                "upstream_latency": int(ex.upstream_latency * 1e6) / 1e6
-                if ex.upstream_latency is not None
-                else None,
-                "route_id": route.id,
-                "route_name": route.name,
-                "service_id": route.service_id,
-                "consumer": ex.pctx.consumer_name if ex.pctx is not None else None,
-            }
-            if req.scheme == "https":
-                add_tls(record, ex.conn.transport)
-            log.write(record)
+        route = ex.route
         ctx = ex.pctx
         if ctx is not None:
             ctx.status = ex.status
             ctx.upstream_status = ex.upstream_status
             ctx.upstream_addr = ex.node.addr if ex.node is not None else None
             ctx.upstream_latency = ex.upstream_latency
-            ctx.latency = time.monotonic() - req.start
-            if ctx.chain.log:
-                run_log_phase(ctx, self.report_plugin_failure)
-            ctx.var.ctx = None  # break the vars <-> context cycle: refcounting frees both
-        self._check_idle()
+        self._finished(
+            req,
+            ex.status,
+            ex.bytes_sent,
+            route.id,
+            route.service_id,
+            ctx,
+            ex.node.addr if ex.node is not None else None,
+            ex.upstream_status or None,
+            ex.upstream_latency,
+            route.name,
+            ex.conn.transport,
+        )
 
     def _log(
         self,
@@ -398,30 +379,53 @@ class Gateway:
         service_id: str | None,
         ctx: RequestContext | None = None,
     ) -> None:
+        """A request the gateway answered itself (404, 503, a plugin's response)."""
+        log = self.access_log
+        name = log.route_names.get(route_id) if log is not None and route_id else None
+        self._finished(req, status, sent, route_id, service_id, ctx, None, None, None, name, None)
+
+    def _finished(
+        self,
+        req: Request,
+        status: int,
+        sent: int,
+        route_id: str | None,
+        service_id: str | None,
+        ctx: RequestContext | None,
+        upstream_addr: str | None,
+        upstream_status: int | None,
+        upstream_latency: float | None,
+        route_name: str | None,
+        transport: Any,
+    ) -> None:
+        """Every request ends here, once: the access log line, the plugins' log phase."""
         self.inflight -= 1
         log = self.access_log
         if log is not None:
-            log.write(
-                {
-                    "time": log.timestamp(time.time()),
-                    "request_id": _header_text(req, b"x-request-id"),
-                    "client_addr": req.client_addr,
-                    "method": req.method,
-                    "host": req.host,
-                    "path": req.path,
-                    "query": log.query(req.query) if req.query else None,
-                    "status": status,
-                    "bytes_sent": sent,
-                    "upstream_addr": None,
-                    "upstream_status": None,
-                    "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
-                    "upstream_latency": None,
-                    "route_id": route_id,
-                    "route_name": log.route_names.get(route_id) if route_id else None,
-                    "service_id": service_id,
-                    "consumer": ctx.consumer_name if ctx is not None else None,
-                }
-            )
+            record = {
+                "time": log.timestamp(time.time()),
+                "request_id": _header_text(req, b"x-request-id"),
+                "client_addr": req.client_addr,
+                "method": req.method,
+                "host": req.host,
+                "path": req.path,
+                "query": log.query(req.query) if req.query else None,
+                "status": status,
+                "bytes_sent": sent,
+                "upstream_addr": upstream_addr,
+                "upstream_status": upstream_status,
+                "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
+                "upstream_latency": int(upstream_latency * 1e6) / 1e6
+                if upstream_latency is not None
+                else None,
+                "route_id": route_id,
+                "route_name": route_name,
+                "service_id": service_id,
+                "consumer": ctx.consumer_name if ctx is not None else None,
+            }
+            if transport is not None and req.scheme == "https":
+                add_tls(record, transport)
+            log.write(record)
         if ctx is not None:
             ctx.latency = time.monotonic() - req.start
             if ctx.chain.log:
