@@ -100,6 +100,7 @@ class _Build:
         self.catalog = catalog
         self.all_plugins = catalog
         self.diags: list[Diagnostic] = []
+        self.source_files: list[str] = []  # Lua modules the config loads
         # section -> list of (index, item) whose schema check passed
         self.valid: dict[str, list[tuple[int, dict[str, Any]]]] = {s: [] for s in SECTIONS}
         # section -> id -> index
@@ -200,6 +201,8 @@ def _add_lua_plugins(b: _Build, node: NodeSettings) -> None:
             )
             continue
         fresh.append(spec)
+        if spec.source_file:
+            b.source_files.append(spec.source_file)
     b.all_plugins = PluginCatalog.of([*b.all_plugins.specs.values(), *fresh])
     b.catalog = PluginCatalog.of([*b.catalog.specs.values(), *fresh])
 
@@ -603,6 +606,7 @@ def _compile(b: _Build, node: NodeSettings) -> Snapshot:
     }
     ro = MappingProxyType
     return Snapshot(
+        source_files=tuple(b.source_files),
         file=b.doc.file,
         node=node,
         routes=routes,

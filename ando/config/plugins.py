@@ -59,6 +59,7 @@ def lua_catalog(
                 priority=cls.priority,
                 schema=cls.lua_schema,
                 kind="lua",
+                source_file=cls.lua_file,
                 check=cls.check_conf,
                 references=cls.references,
             ),

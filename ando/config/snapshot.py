@@ -277,6 +277,9 @@ class Snapshot:
     plugin_configs: Mapping[str, PluginConfig]
     global_rules: Mapping[str, GlobalRule]
     plugin_metadata: Mapping[str, FrozenMap]
+    # Files besides the config whose change changes what it means (the Lua modules it loads):
+    # the runtime watches them and reloads when one changes.
+    source_files: tuple[str, ...] = ()
 
     def counts(self) -> dict[str, int]:
         return {

@@ -25,6 +25,7 @@ class PluginSpec:
     consumer_schema: Mapping[str, Any] | None = None
     metadata_schema: Mapping[str, Any] | None = None
     kind: str = "python"
+    source_file: str | None = None  # the file it was loaded from (Lua plugins)
     # Checks beyond the schema, on a conf the schema accepted: (conf, on_consumer) -> a list of
     # (path inside the conf, message).
     check: Callable[[dict[str, Any], bool], list[tuple[tuple[Any, ...], str]]] | None = None

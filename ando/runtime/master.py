@@ -148,8 +148,17 @@ def worker_count(snapshot: Snapshot) -> int:
         return os.cpu_count() or 1
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _digest(text: str, files: tuple[str, ...] = ()) -> str:
+    """What the config means, as a hash: its text and the Lua modules it loads."""
+    h = hashlib.sha256(text.encode())
+    for name in files:
+        h.update(b"\0" + name.encode() + b"\0")
+        try:
+            with open(name, "rb") as f:
+                h.update(f.read())
+        except OSError as e:
+            h.update(f"unreadable: {e.errno}".encode())
+    return h.hexdigest()
 
 
 @dataclass(eq=False)
@@ -187,7 +196,7 @@ class Master:
         status: StatusServer | None = None,
     ) -> None:
         self.config_path = config_path
-        self.snapshot, self.digest = snapshot, _digest(text)
+        self.snapshot, self.digest = snapshot, _digest(text, snapshot.source_files)
         self.generation = 1
         self.gateway_factory = gateway_factory
         self.pid_file = pid_file
@@ -207,7 +216,11 @@ class Master:
         self._stop_request: asyncio.Future[tuple[str, str]] | None = None
         self._escalate = asyncio.Event()
         self._no_workers = asyncio.Event()
-        self.watcher = ConfigWatcher(config_path, lambda: self.request_reload("watch"))
+        self.watcher = ConfigWatcher(
+            config_path,
+            lambda: self.request_reload("watch"),
+            extra=lambda: self.snapshot.source_files,
+        )
         self.status = status
         if status is not None:
             status.readiness = self.readiness
@@ -532,7 +545,7 @@ class Master:
             self._last_seen = ""
             self._failed(trigger, [d.format() for d in e.diagnostics], started)
             return
-        digest = _digest(text)
+        digest = _digest(text, self.snapshot.source_files)
         if trigger == "watch" and digest == self._last_seen:
             return  # an event that did not change the content (touch, chmod, a sibling file)
         self._last_seen = digest
@@ -544,6 +557,9 @@ class Master:
         built = time.monotonic() - started
         restart_required = self._restart_required(snapshot)
         self.generation += 1
+        if snapshot.source_files != self.snapshot.source_files:
+            digest = self._last_seen = _digest(text, snapshot.source_files)
+            self.watcher.refresh()  # watch the Lua modules this config loads now
         self.snapshot, self.digest = snapshot, digest
         results = await self._broadcast(self.generation, text, max(ACK_TIMEOUT_MIN, 5 * built))
         self.reloads_ok += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import aclosing, suppress
 
 from watchfiles import awatch
@@ -54,11 +54,18 @@ def _first_symlink(path: str) -> tuple[str | None, str]:
 
 
 class ConfigWatcher:
-    """Calls `on_change()` once per burst of relevant changes to the config at `path`."""
+    """Calls `on_change()` once per burst of relevant changes to the config at `path`, or to
+    the files `extra()` names (the Lua modules the config loads: a change to one reloads too)."""
 
-    def __init__(self, path: str, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_change: Callable[[], None],
+        extra: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.path = path
         self.on_change = on_change
+        self.extra = extra
         self._stop = threading.Event()  # read by watchfiles' thread every `step` ms
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,10 +82,24 @@ class ConfigWatcher:
             with suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._task, 2)
 
+    def refresh(self) -> None:
+        """The set of extra files changed: watch the new one from now on."""
+        if self._task is not None and not self._stop.is_set():
+            self._task.cancel()
+            self.start()
+
+    def _targets(self) -> tuple[frozenset[str], frozenset[str]]:
+        dirs, names = watch_targets(self.path)
+        extra = {os.path.abspath(f) for f in self.extra()}
+        if not extra:
+            return dirs, names
+        more = {d for d in (os.path.dirname(f) for f in extra) if os.path.isdir(d)}
+        return dirs | more, names | extra
+
     async def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            dirs, names = watch_targets(self.path)
+            dirs, names = self._targets()
             try:
                 if not dirs:
                     raise FileNotFoundError(f"no directory to watch for {self.path}")
@@ -113,7 +134,7 @@ class ConfigWatcher:
             async for changes in changes_stream:
                 if any(p in names for _, p in changes):
                     self._changed()
-                if watch_targets(self.path) != (dirs, names):
+                if self._targets() != (dirs, names):
                     self._changed()
                     return
 

@@ -106,3 +106,52 @@ def test_a_broken_edit_keeps_the_last_good_config_serving(tmp_path):
             while time.monotonic() < deadline and _status(gw.port, "/gen3") != 200:
                 time.sleep(0.05)
             assert _status(gw.port, "/gen3") == 200
+
+
+def _lua_module(version: int) -> str:
+    return f"""
+return {{
+    name = "version-probe",
+    priority = 1,
+    header_filter = function(conf, ctx) ando.response.set_header("X-Version", "{version}") end,
+}}
+"""
+
+
+def test_editing_a_loaded_lua_module_reloads_like_editing_the_config(tmp_path):
+    lua_dir = tmp_path / "lua"
+    lua_dir.mkdir()
+    module = lua_dir / "probe.lua"
+    module.write_text(_lua_module(1))
+    with UpstreamServer("up") as up:
+        config = {
+            "ando": {"lua": {"paths": [str(lua_dir)], "plugins": ["probe"]}},
+            "routes": [
+                {
+                    "uri": "/v",
+                    "plugins": {"version-probe": {}},
+                    "upstream": {"nodes": {up.addr: 1}},
+                }
+            ],
+        }
+        with GatewayProcess(config, tmp_path) as gw:
+            assert _header(gw.port, "/v", "X-Version") == "1"
+            tmp = lua_dir / "probe.lua.tmp"
+            tmp.write_text(_lua_module(2))
+            tmp.replace(module)  # as an editor saves: no SIGHUP, the config file untouched
+            deadline = time.monotonic() + 10
+            while _header(gw.port, "/v", "X-Version") != "2":
+                assert time.monotonic() < deadline, gw.stderr()[-2000:]
+                time.sleep(0.05)
+            assert '"trigger":"watch"' in gw.stderr()
+
+
+def _header(port: int, path: str, name: str) -> str | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader(name)
+    finally:
+        conn.close()
