@@ -236,6 +236,14 @@ def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:
         listeners.append(
             Listener(host, port, bool(spec.get("tls", False)), bool(spec.get("http2", False)))
         )
+    observability = settings.get("observability", {})
+    for side in ("status", "prometheus"):  # the side listeners: the same address rules
+        addr = observability.get(side, {}).get("listen")
+        if addr is not None:
+            try:
+                parse_host_port(str(addr))
+            except ValueError as e:
+                b.error(("ando", "observability", side, "listen"), str(e))
     plugins = settings.get("plugins")
     return NodeSettings(
         listen=tuple(listeners),

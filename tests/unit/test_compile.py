@@ -444,3 +444,19 @@ def test_ssl_needs_an_sni():
     cert, key = _cert_and_key()
     found = problems(_ssl_yaml(cert, key, snis="[]"))
     assert any("ssls[0].snis" in f for f in found), found
+
+
+def test_side_listener_addresses_are_checked_like_listen():
+    text = """\
+ando:
+  observability:
+    status: {listen: "10.0.0.300:7085"}
+    prometheus: {listen: "[::::]:9091"}
+routes: []
+"""
+    assert problems(text) == [
+        "t.yaml:3:22: ando.observability.status.listen: '10.0.0.300:7085': '10.0.0.300' is not "
+        "a valid host name or IP address",
+        "t.yaml:4:26: ando.observability.prometheus.listen: '[::::]:9091': '::::' is not an "
+        "IPv6 address",
+    ]
