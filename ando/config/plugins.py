@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 from ando.config.schemas import read_schema_file, schemas_dir
+from ando.lua.serverless import serverless_plugins
 from ando.plugins.catalog import PluginCatalog, PluginSpec
 from ando.plugins.registry import builtin_plugins
 
@@ -16,7 +17,8 @@ from ando.plugins.registry import builtin_plugins
 def builtin_catalog() -> PluginCatalog:
     base = schemas_dir() / "plugins"
     specs = []
-    for name, cls in builtin_plugins().items():
+    # serverless-*-function: built-ins implemented on the Lua runtime (ando/lua/serverless.py)
+    for name, cls in {**builtin_plugins(), **serverless_plugins()}.items():
         consumer = (
             read_schema_file(base / f"{name}.consumer.json") if cls.has_consumer_schema else None
         )

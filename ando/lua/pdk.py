@@ -9,6 +9,7 @@ handed to Lua are plain strings, numbers, booleans or Lua tables, never Python o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,18 +18,21 @@ import orjson
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
     from ando.plugins.context import RequestContext, ResponseHead
+    from ando.plugins.shared import SharedDict
 
 
 class Current:
     """What the Lua call in progress acts on."""
 
-    __slots__ = ("ctx", "head", "log", "plugin")
+    __slots__ = ("ctx", "head", "log", "plugin", "shared")
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
         self.head: ResponseHead | None = None
         self.log: Callable[..., None] | None = None
         self.plugin = ""
+        # The node's SharedDict (ando.shared): the worker's, set when a Lua plugin is built.
+        self.shared: SharedDict | None = None
 
 
 CURRENT = Current()
@@ -50,6 +54,17 @@ def _head() -> ResponseHead:
     if head is None:
         raise PdkError("the response head is only available in header_filter")
     return head
+
+
+# ando.shared keys live in the node's SharedDict next to the built-in plugins' own keys.
+SHARED_PREFIX = "lua\x00"
+
+
+def _shared() -> SharedDict:
+    shared = CURRENT.shared
+    if shared is None:
+        raise PdkError("ando.shared is usable in phase functions only")
+    return shared
 
 
 def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
@@ -166,6 +181,19 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
     def json_decode(text: str) -> Any:
         return state.to_lua(orjson.loads(text))
 
+    def shared_get(key: str) -> float | None:
+        found = _shared().get(SHARED_PREFIX + key)
+        return None if found is None else found[0]
+
+    def shared_set(key: str, value: float, ttl: float) -> None:
+        _shared().set(SHARED_PREFIX + key, float(value), 0.0, float(ttl))
+
+    def shared_incr(key: str, delta: float, ttl: float) -> float:
+        return _shared().incr(SHARED_PREFIX + key, float(delta), float(ttl))[0]
+
+    def shared_delete(key: str) -> None:
+        _shared().delete(SHARED_PREFIX + key)
+
     return {
         "get_method": get_method,
         "get_uri": get_uri,
@@ -192,4 +220,10 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         "log": log,
         "json_encode": json_encode,
         "json_decode": json_decode,
+        "time_now": time.time,
+        "time_monotonic": time.monotonic,
+        "shared_get": shared_get,
+        "shared_set": shared_set,
+        "shared_incr": shared_incr,
+        "shared_delete": shared_delete,
     }

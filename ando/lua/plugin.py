@@ -52,6 +52,7 @@ class LuaPlugin(Plugin):
         lconf = st.to_lua(conf)  # once per configuration
         self._bound = {phase: st.bind(fn, lconf) for phase, fn in self.lua_functions.items()}
         self._log = build.log
+        CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
     def _invoke(self, phase: str, ctx: RequestContext, head: ResponseHead | None) -> Any:
         data = ctx.data
@@ -69,16 +70,18 @@ class LuaPlugin(Plugin):
         return result
 
     def _answer(self, status: Any, body: Any, headers: Any = None) -> Response:
-        st = self.lua_state
-        if not isinstance(status, int | float) or not 100 <= int(status) <= 599:
-            raise LuaPluginError(f"Lua plugin {self.name} answered with status {status!r}")
-        plain = body if body is None or isinstance(body, str) else st.to_python(body)
-        hdrs = st.to_python(headers) if headers is not None else None
-        if hdrs is not None and not isinstance(hdrs, dict):
-            raise LuaPluginError(f"Lua plugin {self.name}: headers must be a table of names")
-        return Response(
-            int(status), plain, {str(k): str(v) for k, v in hdrs.items()} if hdrs else None
-        )
+        return answer(self.lua_state, self.name, status, body, headers)
+
+
+def answer(st: LuaState, name: str, status: Any, body: Any, headers: Any = None) -> Response:
+    """The Response for Lua code's `return status, body[, headers]` (or ando.response.exit)."""
+    if not isinstance(status, int | float) or not 100 <= int(status) <= 599:
+        raise LuaPluginError(f"Lua plugin {name} answered with status {status!r}")
+    plain = body if body is None or isinstance(body, str) else st.to_python(body)
+    hdrs = st.to_python(headers) if headers is not None else None
+    if hdrs is not None and not isinstance(hdrs, dict):
+        raise LuaPluginError(f"Lua plugin {name}: headers must be a table of names")
+    return Response(int(status), plain, {str(k): str(v) for k, v in hdrs.items()} if hdrs else None)
 
 
 def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Response | None]:

@@ -115,6 +115,23 @@ class LuaState:
         found = self.modules[key] = (bool(ok), value if ok else _full_path(str(value), file), file)
         return found
 
+    def compile_function(
+        self, paths: tuple[str, ...], unsafe: bool, source: str, chunkname: str
+    ) -> tuple[bool, Any]:
+        """A serverless function (ando/lua/serverless.py): `source` is Lua text that returns a
+        function; it is compiled and run (under the budget) in the sandbox for (paths, unsafe).
+        (True, the function) or (False, what is wrong, with Lua's message)."""
+        kind, value = self.core.compile_function(
+            self.sandbox(paths, unsafe), source, chunkname, BUDGET
+        )
+        if kind == 0:
+            return True, value
+        if kind == 1:
+            return False, f"Lua syntax error: {value}"
+        if kind == 2:
+            return False, f"Lua error while loading it: {value}"
+        return False, f"the code must return a function, not a {value}"
+
     # --- calls -------------------------------------------------------------------------------
 
     def call(self, fn: Any, conf: Any, ctx: Any) -> Any:

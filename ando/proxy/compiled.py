@@ -140,7 +140,9 @@ class RouteRuntime:
 def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
     """The built-ins this node runs: `ando.plugins`, or all of them; plus the Lua plugins
     `ando.lua.plugins` names (ando/lua), loaded in this worker's Lua state."""
-    every = builtin_plugins()
+    from ando.lua.serverless import serverless_plugins  # built-ins on the Lua runtime
+
+    every = {**builtin_plugins(), **serverless_plugins()}
     wanted = snapshot.node.plugins
     chosen = every if wanted is None else {n: c for n, c in every.items() if n in wanted}
     if snapshot.node.lua.get("plugins"):

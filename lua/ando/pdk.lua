@@ -69,6 +69,74 @@ return function(py, EXIT)
         decode = py.json_decode,
     }
 
+    ando.time = {
+        now = py.time_now,              -- wall-clock seconds since the epoch (a float)
+        monotonic = py.time_monotonic,  -- seconds on a clock that never goes back
+    }
+
+    -- ando.shared: the node-wide dict (ando/plugins/shared.py), numbers only. Arguments are
+    -- checked here so a wrong one is a Lua error at the caller's line.
+    local type, error = type, error
+
+    local function check_key(fname, key)
+        local t = type(key)
+        if t == "number" then
+            return tostring(key)
+        end
+        if t ~= "string" then
+            error("ando.shared." .. fname .. ": the key must be a string, got a " .. t, 3)
+        end
+        return key
+    end
+
+    local function check_number(fname, what, value)
+        if type(value) ~= "number" then
+            error("ando.shared." .. fname .. ": " .. what .. " must be a number (ando.shared "
+                .. "stores numbers only), got a " .. type(value), 3)
+        end
+        return value
+    end
+
+    local function check_ttl(fname, ttl)
+        if ttl == nil then
+            return 0
+        end
+        check_number(fname, "the ttl", ttl)
+        if ttl < 0 then
+            error("ando.shared." .. fname .. ": the ttl must not be negative", 3)
+        end
+        return ttl
+    end
+
+    local shared_get, shared_set = py.shared_get, py.shared_set
+    local shared_incr, shared_delete = py.shared_incr, py.shared_delete
+    ando.shared = {
+        get = function(key)
+            return shared_get(check_key("get", key))
+        end,
+        -- set(key, nil) deletes the key, as ngx.shared.DICT:set does.
+        set = function(key, value, ttl)
+            key = check_key("set", key)
+            if value == nil then
+                shared_delete(key)
+                return
+            end
+            check_number("set", "the value", value)
+            shared_set(key, value, check_ttl("set", ttl))
+        end,
+        incr = function(key, delta, ttl)
+            key = check_key("incr", key)
+            if delta == nil then
+                delta = 1
+            end
+            check_number("incr", "the delta", delta)
+            return shared_incr(key, delta, check_ttl("incr", ttl))
+        end,
+        delete = function(key)
+            shared_delete(check_key("delete", key))
+        end,
+    }
+
     -- ando.ctx: the current request's table, set by the runtime before each call.
     ando.ctx = nil
 

@@ -198,6 +198,36 @@ function M.load_module(sandbox, name, budget)
     return false, mod
 end
 
+-- Compile a serverless function's source (text) in `sandbox` and run it, under the budget: it
+-- must return the function to call. Returns 0 and the function; 1 and the syntax error; 2 and
+-- the error raised while running it; 3 and the type of what it returned instead of a function.
+function M.compile_function(sandbox, src, chunkname, budget)
+    local chunk, err = load(src, chunkname, "t", sandbox.env)
+    if not chunk then
+        return 1, err
+    end
+    jit_off(chunk, true)
+    exhausted = false
+    sethook(budget_hook, "", budget)
+    local ok, fn = raw_xpcall(chunk, function(e)
+        if exhausted then
+            return BUDGET
+        end
+        if getmetatable(e) == EXIT then
+            return "ando.response.exit() outside a phase function"
+        end
+        return tostring(e)
+    end)
+    sethook()
+    if not ok then
+        return 2, fn
+    end
+    if type(fn) ~= "function" then
+        return 3, type(fn)
+    end
+    return 0, fn
+end
+
 -- Call a phase function of plugin code. Returns 0 when it went on (or 0 and what it returned,
 -- when that is not nil and not a number); 1, status, body, headers when it answered; 2 and the
 -- error with the Lua traceback when it failed.

@@ -125,6 +125,41 @@ return {
 """
 
 
+SHARED = """
+local mine = 0   -- this worker's own count (each worker has its own Lua state)
+return {
+    name = "shared-probe",
+    priority = 500,
+    access = function(conf, ctx)
+        local arg = ando.request.get_arg
+        local op, key = arg("op"), arg("key") or "k"
+        if op == "incr" then
+            mine = mine + 1
+            return 200, {node = ando.shared.incr(key, 1), worker = mine}
+        elseif op == "incr-ttl" then
+            return 200, {value = ando.shared.incr(key, tonumber(arg("delta")), tonumber(arg("ttl")))}
+        elseif op == "set" then
+            ando.shared.set(key, tonumber(arg("v")), tonumber(arg("ttl")))
+            return 200, {done = true}
+        elseif op == "get" then
+            return 200, {value = ando.shared.get(key) or "none"}
+        elseif op == "delete" then
+            ando.shared.delete(key)
+            return 200, {done = true}
+        elseif op == "bad-value" then
+            ando.shared.set(key, "text")
+        elseif op == "bad-incr" then
+            ando.shared.incr(key, {})
+        elseif op == "time" then
+            local m0 = ando.time.monotonic()
+            local now = ando.time.now()
+            return 200, {now = now, m0 = m0, m1 = ando.time.monotonic(), os = os.time()}
+        end
+    end,
+}
+"""
+
+
 def edited(version: int) -> str:
     return f"""
 return {{
@@ -141,6 +176,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
     lua_dir = tmp / "lua"
     (lua_dir / "probes").mkdir(parents=True)
     files = {"probe": PROBE, "second": SECOND, "exit": EXIT, "fail": FAIL, "edit": edited(1)}
+    files["shared"] = SHARED
     for name, src in files.items():
         (lua_dir / "probes" / f"{name}.lua").write_text(src)
     config = {
@@ -155,6 +191,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "probes.exit",
                     "probes.fail",
                     "probes.edit",
+                    "probes.shared",
                 ],
             }
         },
@@ -181,6 +218,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
             {"id": "exit", "uri": "/exit", "upstream": up, "plugins": {"exit-probe": {}}},
             {"id": "fail", "uri": "/fail", "upstream": up, "plugins": {"fail-probe": {}}},
             {"id": "edit", "uri": "/edit", "upstream": up, "plugins": {"edit-probe": {}}},
+            {"id": "shared", "uri": "/shared", "upstream": up, "plugins": {"shared-probe": {}}},
         ],
     }
     with GatewayProcess(config, tmp, workers=2) as g:  # each worker has its own Lua state
@@ -359,3 +397,64 @@ def test_changed_lua_file_reloads_on_sighup(gw: GatewayProcess) -> None:
     while request(gw.port, "GET", "/edit").header("X-Version") != "2":
         assert time.monotonic() < deadline, gw.stderr()[-2000:]
         time.sleep(0.05)
+
+
+# --- ando.time and ando.shared ----------------------------------------------------------------
+
+
+def test_pdk_time(gw: GatewayProcess) -> None:
+    before = time.time()
+    body = request(gw.port, "GET", "/shared?op=time").json()
+    after = time.time()
+    assert before - 0.01 <= body["now"] <= after + 0.01
+    assert isinstance(body["now"], float)  # sub-second precision, unlike os.time()
+    assert abs(body["os"] - body["now"]) < 2
+    assert body["m1"] >= body["m0"] > 0
+
+
+def test_pdk_shared_counter_is_node_wide(gw: GatewayProcess) -> None:
+    # 2 workers, each with its own Lua state: the counter is the node's, not the worker's
+    seen = []
+    for _ in range(40):
+        r = request(gw.port, "GET", "/shared?op=incr&key=hits")
+        assert r.status == 200, r.body
+        seen.append(r.json())
+    assert [b["node"] for b in seen] == list(range(1, 41))
+    # some request was answered by a worker that had not counted every earlier one itself
+    assert any(b["worker"] < b["node"] for b in seen), seen
+
+
+def test_pdk_shared_get_set_delete_ttl(gw: GatewayProcess) -> None:
+    def op(query: str) -> Any:
+        r = request(gw.port, "GET", f"/shared?{query}")
+        assert r.status == 200, r.body
+        return r.json()
+
+    assert op("op=get&key=missing") == {"value": "none"}
+    op("op=set&key=s&v=2.5")
+    assert op("op=get&key=s") == {"value": 2.5}
+    assert op("op=incr-ttl&key=s&delta=-1") == {"value": 1.5}
+    op("op=delete&key=s")
+    assert op("op=get&key=s") == {"value": "none"}
+    op("op=set&key=t&v=7&ttl=0.3")
+    assert op("op=get&key=t") == {"value": 7}
+    assert op("op=incr-ttl&key=w&delta=3&ttl=0.3") == {"value": 3}
+    assert op("op=incr-ttl&key=w&delta=3") == {"value": 6}  # the window keeps its expiry
+    time.sleep(0.4)
+    assert op("op=get&key=t") == {"value": "none"}
+    assert op("op=get&key=w") == {"value": "none"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("bad-value", "ando.shared.set: the value must be a number"),
+        ("bad-incr", "ando.shared.incr: the delta must be a number"),
+    ],
+)
+def test_pdk_shared_numbers_only(gw: GatewayProcess, mode: str, expect: str) -> None:
+    r = request(gw.port, "GET", f"/shared?op={mode}")
+    assert r.status == 500
+    found = wait_events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
+    assert found, gw.stderr()[-3000:]
+    assert "shared.lua:" in found[-1]["traceback"]  # reported at the plugin's own line
