@@ -5,6 +5,11 @@ A worker runs one Lua state and calls into it synchronously, so the request a PD
 is simply the one the runtime is calling for: `CURRENT` holds it (its RequestContext, the
 ResponseHead in header_filter, the plugin's log function) for the duration of the call. Values
 handed to Lua are plain strings, numbers, booleans or Lua tables, never Python objects.
+
+Strings: lupa runs with latin-1 (ando/lua/runtime.py), so a Lua string arrives here as a str of
+one character per byte. Header names and values are latin-1 in the gateway too and pass as they
+are; text (paths, arguments, log messages, JSON) goes through UTF-8 with `text()` and
+`lua_text()`; bodies are bytes, exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ando.lua.runtime import lua_text, text
+
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
     from ando.plugins.context import RequestContext, ResponseHead
@@ -24,11 +31,17 @@ if TYPE_CHECKING:
 class Current:
     """What the Lua call in progress acts on."""
 
-    __slots__ = ("ctx", "head", "log", "plugin", "shared")
+    __slots__ = ("chunk", "ctx", "eof", "head", "log", "plugin", "shared", "wait")
 
     def __init__(self) -> None:
         self.ctx: RequestContext | None = None
         self.head: ResponseHead | None = None
+        # body_filter: the chunk to send (ando.response.set_body replaces it) and whether it is
+        # the last one; None outside body_filter.
+        self.chunk: bytes | None = None
+        self.eof = False
+        # True in the phases that may wait for the request body (rewrite, access, before_proxy).
+        self.wait = False
         self.log: Callable[..., None] | None = None
         self.plugin = ""
         # The node's SharedDict (ando.shared): the worker's, set when a Lua plugin is built.
@@ -56,6 +69,19 @@ def _head() -> ResponseHead:
     return head
 
 
+def _chunk() -> bytes:
+    chunk = CURRENT.chunk
+    if chunk is None:
+        raise PdkError("the response body is only available in body_filter")
+    return chunk
+
+
+# Variables whose values are raw request bytes (latin-1 str): handed to Lua as they are. The
+# others are text, handed over as UTF-8.
+_RAW_VAR_PREFIXES = ("http_", "cookie_")
+_RAW_VARS = frozenset({"request_uri", "query_string", "args"})
+
+
 # ando.shared keys live in the node's SharedDict next to the built-in plugins' own keys.
 SHARED_PREFIX = "lua\x00"
 
@@ -80,22 +106,27 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         if uri is not None:
             return uri
         q = ctx.query
-        return f"{ctx.path}?{q}" if q else ctx.path
+        path = ctx.path.encode()
+        return path + b"?" + q.encode("latin-1") if q else path
 
-    def get_path() -> str:
-        return _ctx().path
+    def get_path() -> str | bytes:
+        return lua_text(_ctx().path)
 
     def get_query() -> str:
         return _ctx().query
 
-    def get_arg(name: str) -> str | None:
-        return _ctx().args.get(name)
+    def get_arg(name: str) -> str | bytes | None:
+        value = _ctx().args.get(text(name))
+        return None if value is None else lua_text(value)
 
     def get_header(name: str) -> str | None:
         return _ctx().header(name)
 
+    new_table = state.lua.table
+
     def get_headers() -> Any:
-        """Lower-case name -> value; a repeated header -> an array of its values."""
+        """Lower-case name -> value; a repeated header -> an array of its values (raw bytes:
+        not through to_lua, which would encode them as text)."""
         out: dict[str, Any] = {}
         for k, v in _ctx().headers:
             k = k.lower()
@@ -106,7 +137,10 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
                 found.append(v)
             else:
                 out[k] = [found, v]
-        return state.to_lua(out)
+        t = new_table()
+        for k, v in out.items():
+            t[k] = new_table(*v) if isinstance(v, list) else v
+        return t
 
     def set_header(name: str, value: Any) -> None:
         _ctx().set_header(name, str(value))
@@ -118,16 +152,47 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         _ctx().remove_header(name)
 
     def set_uri(uri: str) -> None:
-        _ctx().set_uri(uri)
+        _ctx().set_uri(text(uri))
 
     def set_arg(name: str, value: Any) -> None:
-        _ctx().set_arg(name, None if value is None else str(value))
+        _ctx().set_arg(text(name), None if value is None else text(str(value)))
+
+    def get_body() -> bytes | None:
+        """The request body once read; None when the call must wait for it (pdk.lua then
+        yields, and the plugin adapter reads it and resumes the call)."""
+        body = _ctx().body
+        if body is not None:
+            return body
+        if not CURRENT.wait:
+            raise PdkError(
+                "ando.request.get_body: the body is read in rewrite, access or before_proxy; "
+                "later phases see it only if one of those read it"
+            )
+        return None
+
+    def get_body_chunk() -> bytes:
+        return _chunk()
+
+    def is_last_chunk() -> bool:
+        _chunk()
+        return CURRENT.eof
+
+    def set_body(body: Any) -> None:
+        _chunk()
+        if isinstance(body, str):
+            CURRENT.chunk = body.encode("latin-1")  # the Lua string's bytes
+        elif body is None:
+            CURRENT.chunk = b""
+        elif isinstance(body, int | float) and not isinstance(body, bool):
+            CURRENT.chunk = str(body).encode()
+        else:
+            raise PdkError("ando.response.set_body: the body must be a string")
 
     def get_remote_addr() -> str:
         return _ctx().client_addr
 
-    def get_host() -> str:
-        return _ctx().host
+    def get_host() -> str | bytes:
+        return lua_text(_ctx().host)
 
     def get_scheme() -> str:
         return _ctx().scheme
@@ -160,7 +225,12 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         _head().remove(name)
 
     def var(name: str) -> Any:
-        return _ctx().var(name)
+        value = _ctx().var(name)
+        if value.__class__ is not str or value.isascii():
+            return value
+        if name.startswith(_RAW_VAR_PREFIXES) or name in _RAW_VARS:
+            return value
+        return value.encode()
 
     def log(level: str, message: str) -> None:
         emit = CURRENT.log
@@ -172,14 +242,14 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
             level=level,
             plugin=CURRENT.plugin,
             route_id=ctx.route_id if ctx is not None else None,
-            message=message,
+            message=text(message),
         )
 
-    def json_encode(value: Any) -> str:
-        return orjson.dumps(state.to_python(value)).decode()
+    def json_encode(value: Any) -> bytes:
+        return orjson.dumps(state.to_python(value))
 
-    def json_decode(text: str) -> Any:
-        return state.to_lua(orjson.loads(text))
+    def json_decode(doc: str) -> Any:
+        return state.to_lua(orjson.loads(doc.encode("latin-1")))
 
     def shared_get(key: str) -> float | None:
         found = _shared().get(SHARED_PREFIX + key)
@@ -210,6 +280,10 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         "get_remote_addr": get_remote_addr,
         "get_host": get_host,
         "get_scheme": get_scheme,
+        "get_body": get_body,
+        "get_body_chunk": get_body_chunk,
+        "is_last_chunk": is_last_chunk,
+        "set_body": set_body,
         "set_status": set_status,
         "get_status": get_status,
         "resp_get_header": resp_get_header,

@@ -14,6 +14,12 @@ created for a request the first time a Lua plugin runs on it and shared by all o
 `RequestContext.data`). A request phase that returns `status, body[, headers]` (or calls
 `ando.response.exit`) answers with that response; a Lua error raises `LuaPluginError`, which
 the pipeline turns into a 500 and a `plugin_error` log line with the Lua traceback.
+
+Each call runs in a Lua coroutine (lua/ando/runtime.lua). When `ando.request.get_body()` needs a
+body not read yet, the call yields (result 3): the adapter then returns an awaitable that reads
+the body and resumes the call until it finishes. Only then: the common call stays synchronous.
+`body_filter(conf, ctx)` sees the chunk through `ando.response.get_body_chunk()` /
+`is_last_chunk()` and replaces it with `ando.response.set_body(body)`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ando.lua.pdk import CURRENT
-from ando.lua.runtime import LuaState, state
+from ando.lua.runtime import LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
 
@@ -54,20 +60,48 @@ class LuaPlugin(Plugin):
         self._log = build.log
         CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
-    def _invoke(self, phase: str, ctx: RequestContext, head: ResponseHead | None) -> Any:
+    def _invoke(
+        self, phase: str, ctx: RequestContext, head: ResponseHead | None, wait: bool = False
+    ) -> Any:
         data = ctx.data
         lctx = data.get(_CTX_KEY)
         if lctx is None:
             lctx = data[_CTX_KEY] = self.lua_state.new_ctx()
         cur = CURRENT
-        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self.name
+        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
         try:
             result = self._bound[phase](lctx)
         finally:
             cur.ctx = cur.head = cur.log = None
+            cur.wait = False
         if result.__class__ is tuple and result[0] == 2:
-            raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {result[1]}")
+            raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {text(result[1])}")
         return result
+
+    async def _after_body(self, ctx: RequestContext, co: Any) -> Response | None:
+        """Read the request body and resume the waiting call with it, until it finishes."""
+        st = self.lua_state
+        lctx = ctx.data[_CTX_KEY]
+        cur = CURRENT
+        while True:
+            body = await ctx.read_body()
+            cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, None, self._log, self.name, True
+            try:
+                result = st.resume(co, lctx, body)
+            finally:
+                cur.ctx = cur.log = None
+                cur.wait = False
+            if result.__class__ is not tuple:
+                return None
+            kind = result[0]
+            if kind == 3:
+                co = result[1]
+                continue
+            if kind == 2:
+                raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {text(result[1])}")
+            if kind == 1:
+                return self._answer(*result[1:])
+            return None
 
     def _answer(self, status: Any, body: Any, headers: Any = None) -> Response:
         return answer(self.lua_state, self.name, status, body, headers)
@@ -77,18 +111,29 @@ def answer(st: LuaState, name: str, status: Any, body: Any, headers: Any = None)
     """The Response for Lua code's `return status, body[, headers]` (or ando.response.exit)."""
     if not isinstance(status, int | float) or not 100 <= int(status) <= 599:
         raise LuaPluginError(f"Lua plugin {name} answered with status {status!r}")
-    plain = body if body is None or isinstance(body, str) else st.to_python(body)
-    hdrs = st.to_python(headers) if headers is not None else None
-    if hdrs is not None and not isinstance(hdrs, dict):
-        raise LuaPluginError(f"Lua plugin {name}: headers must be a table of names")
-    return Response(int(status), plain, {str(k): str(v) for k, v in hdrs.items()} if hdrs else None)
+    # a string body is sent as the Lua string's bytes; a table as JSON
+    plain = body.encode("latin-1") if isinstance(body, str) else body
+    if plain is not None and not isinstance(plain, bytes):
+        plain = st.to_python(body)
+    hdrs: dict[str, str] | None = None
+    if headers is not None:
+        from lupa.luajit21 import lua_type
+
+        if lua_type(headers) != "table":
+            raise LuaPluginError(f"Lua plugin {name}: headers must be a table of names")
+        # header names and values as their bytes (latin-1, as the gateway's headers)
+        hdrs = {str(k): str(v) for k, v in headers.items()}
+    return Response(int(status), plain, hdrs or None)
 
 
-def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Response | None]:
-    def run(self: LuaPlugin, ctx: RequestContext) -> Response | None:
-        result = self._invoke(phase, ctx, None)
-        if result.__class__ is tuple and result[0] == 1:
-            return self._answer(*result[1:])
+def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Any]:
+    def run(self: LuaPlugin, ctx: RequestContext) -> Any:
+        result = self._invoke(phase, ctx, None, True)
+        if result.__class__ is tuple:
+            if result[0] == 1:
+                return self._answer(*result[1:])
+            if result[0] == 3:  # waiting for the request body
+                return self._after_body(ctx, result[1])
         return None
 
     run.__name__ = phase
@@ -100,6 +145,20 @@ def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseH
         self._invoke(phase, ctx, head)
 
     return header_filter
+
+
+def _body_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, bytes, bool], bytes]:
+    def body_filter(self: LuaPlugin, ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:
+        cur = CURRENT
+        cur.chunk, cur.eof = chunk, eof
+        try:
+            self._invoke(phase, ctx, None)
+            return cur.chunk
+        finally:
+            cur.chunk = None
+            cur.eof = False
+
+    return body_filter
 
 
 def _log_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], None]:
@@ -114,10 +173,11 @@ _ADAPTERS: dict[str, Callable[[Any], Callable[..., Any]]] = {
     "access": _request_phase,
     "before_proxy": _request_phase,
     "header_filter": _header_filter,
+    "body_filter": _body_filter,
     "log": _log_phase,
 }
 
-# Phases a Lua module may define; body_filter is not offered yet (see docs/lua-pdk.md).
+# Phases a Lua module may define: all of them.
 LUA_PHASES = tuple(p for p in PHASES if p in _ADAPTERS)
 
 
@@ -168,8 +228,6 @@ def _class_from(st: LuaState, module: str, file: str, mod: Any) -> type[LuaPlugi
             continue
         if not st.is_function(fn):
             return f"{file}: plugin {name}: `{phase}` must be a function"
-        if phase not in _ADAPTERS:
-            return f"{file}: plugin {name}: the {phase} phase is not available to Lua plugins yet"
         functions[phase] = fn
         attrs[phase] = _ADAPTERS[phase](phase)
     attrs["lua_functions"] = functions

@@ -9,6 +9,13 @@ builtins, and an attribute filter refuses every attribute access on a Python obj
 function (a Python callable) can be called from Lua but not inspected. Plugin modules run in a
 sandbox (lua/ando/runtime.lua): no os.execute, io, bytecode loading, C modules or debug library
 unless `ando.lua.unsafe: true`; every call into plugin code runs under an instruction budget.
+
+Lua strings are bytes, and must stay so (a response body chunk need not be UTF-8). The runtime
+uses latin-1 as lupa's encoding: a Lua string reaches Python as a str of one character per byte
+(never a decode error), and a str of such characters reaches Lua as those bytes. Where a string
+is text, the conversions here and the PDK bindings (ando/lua/pdk.py) go through UTF-8: `text()`
+for a Lua string read as text, `lua_text()` for text handed to Lua. HTTP header names and values
+are latin-1 in the gateway already, so they pass unchanged, byte for byte.
 """
 
 from __future__ import annotations
@@ -34,6 +41,18 @@ BUDGET_MESSAGE = "instruction budget exceeded"
 _ARRAY_KEYS = frozenset({"required", "enum", "anyOf", "oneOf", "allOf", "prefixItems"})
 
 
+def text(value: str) -> str:
+    """A Lua string (as lupa gives it: one character per byte) as the UTF-8 text it holds."""
+    if value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "replace")
+
+
+def lua_text(value: str) -> str | bytes:
+    """Text for Lua: its UTF-8 bytes (an ASCII str is those bytes already)."""
+    return value if value.isascii() else value.encode()
+
+
 def _no_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Lua code cannot access attributes of Python objects")
 
@@ -49,6 +68,7 @@ class LuaState:
 
     def __init__(self) -> None:
         self.lua = luajit21.LuaRuntime(
+            encoding="latin-1",  # byte for byte, see the module's docstring
             register_eval=False,
             register_builtins=False,
             unpack_returned_tuples=True,
@@ -65,10 +85,11 @@ class LuaState:
         from ando.lua.pdk import bindings
 
         self.pdk = self._run_file(REPO_LUA / "ando" / "pdk.lua")(
-            self.to_lua(bindings(self)), self.core.EXIT
+            self.to_lua(bindings(self)), self.core.EXIT, self.core
         )
         self.core.set_var(self.pdk.var)
         self._call = self.core.call
+        self._resume = self.core.resume
         self._bind = self.core.bind
         self.new_ctx = self.core.new_ctx
         self._is_function = self.core.is_function
@@ -80,7 +101,7 @@ class LuaState:
 
     def _run_file(self, path: Path) -> Any:
         loader = self.lua.eval("function(src, name) return assert(load(src, name, 't')) end")
-        return loader(path.read_text(), f"@{path}")()
+        return loader(path.read_bytes(), f"@{path}".encode())()
 
     # --- sandboxes and modules -----------------------------------------------------------------
 
@@ -112,7 +133,11 @@ class LuaState:
             self.sandboxes.pop((key[0], unsafe), None)
             box = self.sandbox(paths, unsafe)
         ok, value = self.core.load_module(box, name, BUDGET)
-        found = self.modules[key] = (bool(ok), value if ok else _full_path(str(value), file), file)
+        found = self.modules[key] = (
+            bool(ok),
+            value if ok else _full_path(text(str(value)), file),
+            file,
+        )
         return found
 
     def compile_function(
@@ -122,10 +147,11 @@ class LuaState:
         function; it is compiled and run (under the budget) in the sandbox for (paths, unsafe).
         (True, the function) or (False, what is wrong, with Lua's message)."""
         kind, value = self.core.compile_function(
-            self.sandbox(paths, unsafe), source, chunkname, BUDGET
+            self.sandbox(paths, unsafe), lua_text(source), lua_text(chunkname), BUDGET
         )
         if kind == 0:
             return True, value
+        value = text(value)
         if kind == 1:
             return False, f"Lua syntax error: {value}"
         if kind == 2:
@@ -138,6 +164,11 @@ class LuaState:
         """Call plugin code `fn(conf, ctx)`: see M.call in lua/ando/runtime.lua for the result."""
         return self._call(self.pdk, fn, conf, ctx, BUDGET)
 
+    def resume(self, co: Any, ctx: Any, value: Any) -> Any:
+        """Go on with a call that returned (3, coroutine): it waited for `value` (the request
+        body). The same results as `call`; the resumed part runs under a fresh budget."""
+        return self._resume(self.pdk, co, ctx, value, BUDGET)
+
     def bind(self, fn: Any, conf: Any) -> Any:
         """`fn` with its configuration: a callable taking the request's ctx table, with the
         result of `call`."""
@@ -149,12 +180,15 @@ class LuaState:
     # --- conversions -------------------------------------------------------------------------
 
     def to_lua(self, value: Any) -> Any:
-        """Plain data (JSON-like, mappings, lists, tuples) as Lua values; None stays nil."""
+        """Plain data (JSON-like, mappings, lists, tuples) as Lua values; None stays nil; text
+        as its UTF-8 bytes, bytes as they are."""
+        if isinstance(value, str):
+            return value if value.isascii() else value.encode()
         if isinstance(value, Mapping):
             t = self._table()
             for k, v in value.items():
                 if v is not None:
-                    t[k] = self.to_lua(v)
+                    t[self.to_lua(k)] = self.to_lua(v)
             return t
         if isinstance(value, list | tuple):
             t = self._table()
@@ -165,7 +199,10 @@ class LuaState:
 
     def to_python(self, value: Any, key: Any = None) -> Any:
         """A Lua value as plain data: a table with keys 1..n is a list, any other a dict (an
-        empty table is {} except under JSON Schema's array keywords)."""
+        empty table is {} except under JSON Schema's array keywords). Strings are read as
+        UTF-8 text."""
+        if value.__class__ is str:
+            return text(value)
         if lua_type(value) != "table":
             if lua_type(value) is not None:
                 raise TypeError(f"a Lua {lua_type(value)} cannot be converted to data")
@@ -179,7 +216,7 @@ class LuaState:
             if keys == list(range(1, n + 1)):
                 by = dict(items)
                 return [self.to_python(by[i]) for i in range(1, n + 1)]
-        return {str(k): self.to_python(v, k) for k, v in items}
+        return {text(str(k)): self.to_python(v, k) for k, v in items}
 
 
 def _full_path(message: str, file: str) -> str:
@@ -204,4 +241,13 @@ def state() -> LuaState:
     return _state
 
 
-__all__ = ["BUDGET", "BUDGET_MESSAGE", "LuaError", "LuaState", "search_path", "state"]
+__all__ = [
+    "BUDGET",
+    "BUDGET_MESSAGE",
+    "LuaError",
+    "LuaState",
+    "lua_text",
+    "search_path",
+    "state",
+    "text",
+]

@@ -3,7 +3,7 @@ plugin's configuration, run in one phase of the request.
 
     plugins:
       serverless-pre-function:
-        phase: rewrite                   # rewrite | access | before_proxy | header_filter | log
+        phase: rewrite      # rewrite | access | before_proxy | header_filter | body_filter | log
         functions:
           - "return function(conf, ctx) ando.request.set_header('X-Pre', '1') end"
 
@@ -21,7 +21,10 @@ never imports ando/lua. Lupa itself is only imported once a configuration uses o
 
 The configured phase picks the class: the plugin's class hands out an instance of a subclass that
 defines that one phase, so the chain (which binds the phases a class overrides) runs nothing in
-the other phases. `body_filter` is not offered: Lua code cannot filter bodies yet.
+the other phases. In `body_filter` the functions see the chunk through
+`ando.response.get_body_chunk()` and replace it with `ando.response.set_body()`, in order: each
+sees what the previous one set. A function that waits for the request body
+(`ando.request.get_body()`) makes the phase asynchronous for that request only.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ando.lua.pdk import CURRENT
+from ando.lua.runtime import text
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
 
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
 
-# The phases a serverless function may run in (APISIX's, less body_filter).
-SERVERLESS_PHASES = ("rewrite", "access", "before_proxy", "header_filter", "log")
+# The phases a serverless function may run in (APISIX's).
+SERVERLESS_PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
 
 
 def _chunkname(plugin: str, index: int) -> str:
@@ -94,8 +98,12 @@ class ServerlessFunction(Plugin):
         self._log = build.log
         CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
-    def _run(self, ctx: RequestContext, head: ResponseHead | None) -> Response | None:
-        from ando.lua.plugin import _CTX_KEY, LuaPluginError, answer
+    def _run(
+        self, ctx: RequestContext, head: ResponseHead | None, wait: bool = False, start: int = 0
+    ) -> Any:
+        """Call the functions from `start` on: None, a Response, or (in a request phase, when one
+        waits for the request body) an awaitable of either."""
+        from ando.lua.plugin import _CTX_KEY, LuaPluginError
 
         if self._error is not None:
             raise LuaPluginError(f"{self.name}: {self._error}")
@@ -104,29 +112,76 @@ class ServerlessFunction(Plugin):
         if lctx is None:
             lctx = data[_CTX_KEY] = self._state.new_ctx()
         cur = CURRENT
-        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self.name
+        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
         result: Any = None
+        i = start
         try:
-            for fn in self._bound:
-                result = fn(lctx)
+            for i in range(start, len(self._bound)):
+                result = self._bound[i](lctx)
                 if result.__class__ is tuple and result[0] != 0:
                     break
         finally:
             cur.ctx = cur.head = cur.log = None
+            cur.wait = False
+        return self._outcome(ctx, result, i, wait)
+
+    def _outcome(self, ctx: RequestContext, result: Any, i: int, request: bool) -> Any:
+        """What the call of function i ends with: in a request phase (`request`), a status
+        returned answers the request; in the filters and log, it is ignored as in APISIX."""
+        from ando.lua.plugin import LuaPluginError, answer
+
         if result.__class__ is tuple:
-            if result[0] == 2:
-                raise LuaPluginError(f"{self.name}: {result[1]}")
-            if result[0] == 1 and head is None:
+            kind = result[0]
+            if kind == 2:
+                raise LuaPluginError(f"{self.name}: {text(result[1])}")
+            if kind == 1 and request:
                 return answer(self._state, self.name, *result[1:])
+            if kind == 3:
+                return self._after_body(ctx, result[1], i)
         return None
 
+    async def _after_body(self, ctx: RequestContext, co: Any, i: int) -> Response | None:
+        """Function i waits for the request body: read it, resume it, then run the rest."""
+        from ando.lua.plugin import _CTX_KEY
 
-def _request_phase(self: ServerlessFunction, ctx: RequestContext) -> Response | None:
-    return self._run(ctx, None)
+        lctx = ctx.data[_CTX_KEY]
+        cur = CURRENT
+        while True:
+            body = await ctx.read_body()
+            cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, None, self._log, self.name, True
+            try:
+                result = self._state.resume(co, lctx, body)
+            finally:
+                cur.ctx = cur.log = None
+                cur.wait = False
+            if result.__class__ is tuple and result[0] == 3:
+                co = result[1]
+                continue
+            if result.__class__ is tuple and result[0] != 0:
+                return self._outcome(ctx, result, i, True)
+            if i + 1 >= len(self._bound):
+                return None
+            # the body is read now: the rest runs synchronously
+            return self._run(ctx, None, True, i + 1)
+
+
+def _request_phase(self: ServerlessFunction, ctx: RequestContext) -> Any:
+    return self._run(ctx, None, True)
 
 
 def _header_filter(self: ServerlessFunction, ctx: RequestContext, head: ResponseHead) -> None:
     self._run(ctx, head)
+
+
+def _body_filter(self: ServerlessFunction, ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:
+    cur = CURRENT
+    cur.chunk, cur.eof = chunk, eof
+    try:
+        self._run(ctx, None)
+        return cur.chunk
+    finally:
+        cur.chunk = None
+        cur.eof = False
 
 
 def _log(self: ServerlessFunction, ctx: RequestContext) -> None:
@@ -136,7 +191,9 @@ def _log(self: ServerlessFunction, ctx: RequestContext) -> None:
 def _phase_classes(base: type[ServerlessFunction]) -> dict[str, type[ServerlessFunction]]:
     out: dict[str, type[ServerlessFunction]] = {}
     for phase in SERVERLESS_PHASES:
-        fn = {"header_filter": _header_filter, "log": _log}.get(phase, _request_phase)
+        fn = {"header_filter": _header_filter, "body_filter": _body_filter, "log": _log}.get(
+            phase, _request_phase
+        )
         out[phase] = type(
             f"{base.__name__}_{phase}",
             (base,),

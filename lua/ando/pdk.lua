@@ -5,8 +5,26 @@
 -- (ando/lua/pdk.py), which act on the request being served. This file is trusted: plugin code
 -- never reaches `py` (it is an upvalue here, and plugin sandboxes have no debug library).
 
-return function(py, EXIT)
+return function(py, EXIT, core)
     local select, tostring, concat, setmetatable = select, tostring, table.concat, setmetatable
+    local running, yield = coroutine.running, coroutine.yield
+    local READ_BODY = core.READ_BODY
+
+    -- The whole request body: py.get_body() gives it once it is read; before that (nil), the
+    -- phase call waits for it: its coroutine yields to Python, which reads the body and
+    -- resumes it with the body.
+    local py_get_body = py.get_body
+    local function get_body()
+        local body = py_get_body()
+        if body ~= nil then
+            return body
+        end
+        if running() ~= core.phase_co then
+            error("ando.request.get_body: the body is not read yet, and cannot be waited for "
+                .. "inside a coroutine the plugin created: call it from the phase function", 2)
+        end
+        return yield(READ_BODY)
+    end
 
     local ando = {}
 
@@ -26,6 +44,7 @@ return function(py, EXIT)
         get_remote_addr = py.get_remote_addr,
         get_host = py.get_host,
         get_scheme = py.get_scheme,
+        get_body = get_body,
     }
 
     ando.response = {
@@ -40,6 +59,10 @@ return function(py, EXIT)
         set_header = py.resp_set_header,
         add_header = py.resp_add_header,
         remove_header = py.resp_remove_header,
+        -- body_filter: the chunk being sent, whether it is the last one, and its replacement.
+        get_body_chunk = py.get_body_chunk,
+        is_last_chunk = py.is_last_chunk,
+        set_body = py.set_body,
     }
 
     ando.var = py.var

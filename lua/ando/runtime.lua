@@ -228,15 +228,31 @@ function M.compile_function(sandbox, src, chunkname, budget)
     return 0, fn
 end
 
--- Call a phase function of plugin code. Returns 0 when it went on (or 0 and what it returned,
--- when that is not nil and not a number); 1, status, body, headers when it answered; 2 and the
--- error with the Lua traceback when it failed.
-local function call(pdk, fn, conf, ctx, budget)
-    pdk.ctx = ctx
-    exhausted = false
-    sethook(budget_hook, "", budget)
-    local ok, r1, r2, r3 = raw_xpcall(fn, handler, conf, ctx)
-    sethook()
+-- Every call into plugin code runs in a coroutine of its own, so that a PDK function that must
+-- wait for the gateway (ando.request.get_body before the body is read) can yield READ_BODY to
+-- Python, which resumes the coroutine with the answer. `M.phase_co` is the coroutine running
+-- now: pdk.lua yields only from that one, never through a coroutine plugin code created.
+local READ_BODY = {}
+M.READ_BODY = READ_BODY
+local co_create = coroutine.create
+
+-- Coroutines are reused: a runner calls one phase function after another, yielding DONE and
+-- the outcome of each; only a runner that waits for the body is out of the pool meanwhile.
+local DONE = {}
+local yield = coroutine.yield
+
+local function runner(fn, conf, ctx)
+    while true do
+        fn, conf, ctx = yield(DONE, raw_xpcall(fn, handler, conf, ctx))
+    end
+end
+
+local pool, pooled = {}, 0
+
+-- The result of a phase call that finished: 0 when it went on (or 0 and what it returned, when
+-- that is not nil and not a number); 1, status, body, headers when it answered; 2 and the error
+-- with the Lua traceback when it failed.
+local function outcome(ok, r1, r2, r3)
     if ok then
         if r1 == nil then
             return 0
@@ -251,7 +267,53 @@ local function call(pdk, fn, conf, ctx, budget)
     end
     return 2, r1
 end
+
+-- Run `co` (with the resume values) under a fresh budget: `outcome`'s results, or 3 and the
+-- coroutine when it waits for the request body.
+local function step(co, budget, ...)
+    M.phase_co = co
+    exhausted = false
+    sethook(budget_hook, "", budget)
+    local rok, tag, a, b, c, d = raw_resume(co, ...)
+    sethook()
+    M.phase_co = nil
+    if not rok then
+        return 2, traceback(co, tostring(tag))
+    end
+    if tag == DONE then
+        if pooled < 16 then
+            pooled = pooled + 1
+            pool[pooled] = co
+        end
+        return outcome(a, b, c, d)
+    end
+    if tag == READ_BODY then
+        return 3, co
+    end
+    -- the phase function itself yielded: this runner is left to the garbage collector
+    return 2, "a phase function cannot yield (coroutine.yield outside a coroutine of its own)"
+end
+
+-- Call a phase function of plugin code: `step`'s results.
+local function call(pdk, fn, conf, ctx, budget)
+    pdk.ctx = ctx
+    local co
+    if pooled > 0 then
+        co = pool[pooled]
+        pool[pooled] = nil
+        pooled = pooled - 1
+    else
+        co = co_create(runner)
+    end
+    return step(co, budget, fn, conf, ctx)
+end
 M.call = call
+
+-- Go on with a phase call that returned 3 (waiting for the body), handing it `value`.
+function M.resume(pdk, co, ctx, value, budget)
+    pdk.ctx = ctx
+    return step(co, budget, value)
+end
 
 -- A phase function bound to its configuration: Python calls it with the request's ctx only.
 function M.bind(pdk, fn, conf, budget)

@@ -47,7 +47,7 @@ def test_validate_valid_file_prints_one_summary_line():
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("config/ando.yaml: valid: routes 6, services 1, upstreams 1")
+    assert lines[0].startswith("config/ando.yaml: valid: routes 7, services 1, upstreams 1")
 
 
 def test_validate_apisix_standalone_file():

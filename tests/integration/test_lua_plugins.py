@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -159,6 +160,69 @@ return {
 }
 """
 
+BODY = r"""
+-- body_filter: the chunk, the last-chunk flag and its replacement, binary-safe.
+local BINARY = "\255\254\0ok\128\192"   -- not valid UTF-8
+return {
+    name = "body-probe",
+    priority = 450,
+    access = function(conf, ctx)
+        if ando.request.get_arg("mode") == "binary" then
+            return 200, BINARY, {["Content-Type"] = "application/octet-stream"}
+        end
+    end,
+    body_filter = function(conf, ctx)
+        local mode = ando.request.get_arg("mode")
+        local chunk = ando.response.get_body_chunk()
+        ctx.calls = (ctx.calls or 0) + 1
+        ctx.seen = (ctx.seen or 0) + #chunk
+        if mode == "upper" then
+            ando.response.set_body(chunk:upper())
+        elseif mode == "count" and ando.response.is_last_chunk() then
+            ando.response.set_body(chunk .. "|" .. ctx.seen .. "|" .. ctx.calls)
+        elseif mode == "binary" then
+            -- the exact bytes reach Lua, and go back out unchanged
+            assert(chunk == BINARY and #chunk == 7 and chunk:byte(1) == 255, "bytes changed")
+            if ando.request.get_arg("touch") then
+                ando.response.set_body(chunk)
+            end
+        end
+    end,
+}
+"""
+
+GUARD = """
+-- Refuses a JSON body without conf.field (400); lets a good one through, intact.
+return {
+    name = "body-guard",
+    priority = 450,
+    schema = {type = "object", properties = {field = {type = "string", default = "name"}}},
+    access = function(conf, ctx)
+        local body = ando.request.get_body()
+        local ok, doc = pcall(ando.json.decode, body)
+        if not ok or type(doc) ~= "table" or doc[conf.field] == nil then
+            return 400, {message = "missing " .. conf.field}
+        end
+        ando.request.set_header("X-Field", tostring(doc[conf.field]))
+        ando.request.set_header("X-Again", tostring(ando.request.get_body() == body))
+        ctx.len = #body
+    end,
+    header_filter = function(conf, ctx)
+        -- read in access: later phases see it too
+        ando.response.set_header("X-Len-Seen", #ando.request.get_body() .. "/" .. (ctx.len or 0))
+    end,
+}
+"""
+
+LATE = """
+-- get_body in header_filter, when no earlier phase read it: a Lua error (500).
+return {
+    name = "late-body",
+    priority = 450,
+    header_filter = function(conf, ctx) ando.request.get_body() end,
+}
+"""
+
 
 def edited(version: int) -> str:
     return f"""
@@ -177,6 +241,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (lua_dir / "probes").mkdir(parents=True)
     files = {"probe": PROBE, "second": SECOND, "exit": EXIT, "fail": FAIL, "edit": edited(1)}
     files["shared"] = SHARED
+    files.update(body=BODY, guard=GUARD, late=LATE)
     for name, src in files.items():
         (lua_dir / "probes" / f"{name}.lua").write_text(src)
     config = {
@@ -192,6 +257,9 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "probes.fail",
                     "probes.edit",
                     "probes.shared",
+                    "probes.body",
+                    "probes.guard",
+                    "probes.late",
                 ],
             }
         },
@@ -219,6 +287,9 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
             {"id": "fail", "uri": "/fail", "upstream": up, "plugins": {"fail-probe": {}}},
             {"id": "edit", "uri": "/edit", "upstream": up, "plugins": {"edit-probe": {}}},
             {"id": "shared", "uri": "/shared", "upstream": up, "plugins": {"shared-probe": {}}},
+            {"id": "body", "uri": "/chunked", "upstream": up, "plugins": {"body-probe": {}}},
+            {"id": "guard", "uri": "/guarded", "upstream": up, "plugins": {"body-guard": {}}},
+            {"id": "late", "uri": "/late", "upstream": up, "plugins": {"late-body": {}}},
         ],
     }
     with GatewayProcess(config, tmp, workers=2) as g:  # each worker has its own Lua state
@@ -458,3 +529,52 @@ def test_pdk_shared_numbers_only(gw: GatewayProcess, mode: str, expect: str) -> 
     found = wait_events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
     assert found, gw.stderr()[-3000:]
     assert "shared.lua:" in found[-1]["traceback"]  # reported at the plugin's own line
+
+
+# --- body_filter and the request body ----------------------------------------------------
+
+
+def test_body_filter_rewrites_chunks(gw: GatewayProcess) -> None:
+    plain = request(gw.port, "GET", "/chunked?n=3&size=5")
+    assert plain.status == 200 and plain.body == b"aaaaabbbbbccccc"  # untouched
+    upper = request(gw.port, "GET", "/chunked?n=3&size=5&mode=upper")
+    assert upper.status == 200 and upper.body == b"AAAAABBBBBCCCCC"
+    count = request(gw.port, "GET", "/chunked?n=3&size=5&mode=count")
+    body, seen, calls = count.body.split(b"|")
+    assert body.startswith(b"aaaaa") and body.endswith(b"ccccc") and seen == b"15"
+    assert int(calls) >= 2  # chunks, then the last call (eof)
+
+
+@pytest.mark.parametrize("touch", ["", "&touch=1"])
+def test_body_filter_is_binary_safe(gw: GatewayProcess, touch: str) -> None:
+    r = request(gw.port, "GET", "/chunked?mode=binary" + touch)
+    assert r.status == 200, r.body
+    assert r.body == b"\xff\xfe\x00ok\x80\xc0"
+    assert r.header("content-type") == "application/octet-stream"
+
+
+def test_request_body_guard(gw: GatewayProcess) -> None:
+    doc = {"name": "alice", "pad": "x" * 200_000}
+    good = json.dumps(doc).encode()
+    r = request(gw.port, "POST", "/guarded", body=good)
+    assert r.status == 200, r.body
+    echoed = r.json()
+    assert echoed["body_len"] == len(good)
+    assert echoed["body_sha256"] == hashlib.sha256(good).hexdigest()
+    h = echoed_headers(r)
+    assert h["x-field"] == ["alice"] and h["x-again"] == ["true"]
+    assert r.header("X-Len-Seen") == f"{len(good)}/{len(good)}"
+    for bad in (b'{"other": 1}', b"not json", b"[1, 2]", b""):
+        r = request(gw.port, "POST", "/guarded", body=bad)
+        assert r.status == 400, bad
+        assert r.json() == {"message": "missing name"}
+        assert r.header("X-Len-Seen") == f"{len(bad)}/0"
+    r = request(gw.port, "GET", "/guarded")
+    assert r.status == 400
+
+
+def test_request_body_not_available_after_the_request_went(gw: GatewayProcess) -> None:
+    r = request(gw.port, "POST", "/late", body=b"{}")
+    assert r.status == 500
+    found = wait_events(gw, "plugin_error", lambda e: e.get("plugin") == "late-body")
+    assert found and "get_body" in json.dumps(found[-1])

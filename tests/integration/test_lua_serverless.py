@@ -4,6 +4,7 @@ error, runaway loop, forbidden call) each contained to its request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -144,6 +145,38 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     ]
                 },
             ),
+            route(
+                "bodyf",
+                "/chunked",
+                up,
+                serverless_post_function={
+                    "phase": "body_filter",
+                    "functions": [
+                        fn("ando.response.set_body(ando.response.get_body_chunk():upper())"),
+                        # sees what the first one set
+                        fn(
+                            "if ando.response.is_last_chunk() then\n"
+                            "ando.response.set_body(ando.response.get_body_chunk() .. '!')\nend"
+                        ),
+                    ],
+                },
+            ),
+            route(
+                "reqbody",
+                "/reqbody",
+                up,
+                serverless_pre_function={
+                    "phase": "access",
+                    "functions": [
+                        fn("ctx.n = #ando.request.get_body()"),
+                        # runs after the first one waited for the body
+                        fn(
+                            "if ctx.n == 0 then return 400, {message = 'empty'} end\n"
+                            "ando.request.set_header('X-N', ctx.n)"
+                        ),
+                    ],
+                },
+            ),
         ]
     }
     with GatewayProcess(config, tmp) as g:
@@ -268,6 +301,24 @@ def problems(plugin_conf: str) -> list[str]:
     return []
 
 
+def test_body_filter_phase(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/chunked?n=3&size=4")
+    assert r.status == 200
+    assert r.body == b"AAAABBBBCCCC!"
+
+
+def test_request_body_in_a_function(gw: GatewayProcess) -> None:
+    body = bytes(range(256)) * 1000  # binary, not UTF-8
+    r = request(gw.port, "POST", "/reqbody", body=body)
+    assert r.status == 200, r.body
+    echoed = r.json()
+    assert echoed["body_len"] == len(body)
+    assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert echoed_headers(r)["x-n"] == [str(len(body))]
+    empty = request(gw.port, "POST", "/reqbody", body=b"")
+    assert empty.status == 400 and empty.json() == {"message": "empty"}
+
+
 def test_validate_reports_lua_errors_at_the_function() -> None:
     found = problems(
         "        functions:\n"
@@ -291,7 +342,9 @@ def test_validate_schema() -> None:
     assert problems("        phase: rewrite\n") != []  # functions is required
     assert problems("        functions: []\n") != []
     body = problems('        phase: body_filter\n        functions: ["return function() end"]\n')
-    assert len(body) == 1 and "phase" in body[0]
+    assert body == []
+    other = problems('        phase: balancer\n        functions: ["return function() end"]\n')
+    assert len(other) == 1 and "phase" in other[0]
     loop = problems('        functions: ["while true do end"]\n')
     assert len(loop) == 1 and "instruction budget exceeded" in loop[0]
 

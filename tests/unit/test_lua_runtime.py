@@ -227,3 +227,82 @@ def test_changed_file_is_loaded_again(tmp_path: Path) -> None:
     write(tmp_path, "re.mod", "return {name = 'reload-me', priority = 7}\n")
     changed, _ = load_lua_plugins(settings, "t.yaml")
     assert changed[0][1].priority == 7
+
+
+# --- strings are bytes; calls that wait for the request body ----------------------------------
+
+
+def test_lua_strings_are_bytes(st: LuaState) -> None:
+    from ando.lua.runtime import text
+
+    tag, raw, _, _ = run(st, 'return function() return "\\255\\0\\128ok" end')
+    assert tag == 0 and raw.encode("latin-1") == b"\xff\x00\x80ok"  # never a decode error
+    t = st.to_lua({"k": "é"})
+    assert st.lua.eval("function(t) return #t.k end")(t) == 2  # UTF-8 in Lua
+    assert st.to_python(t) == {"k": "é"}
+    assert text("\xc3\xa9") == "é" and text("\xff") == "\ufffd"
+
+
+def test_phase_function_cannot_yield(st: LuaState) -> None:
+    tag, msg, _, _ = run(st, "return function() coroutine.yield(1) end")
+    assert tag == 2 and "cannot yield" in msg
+    # a coroutine of its own is fine
+    src = (
+        "return function() local co = coroutine.wrap(function() coroutine.yield('y') end) "
+        "return co() end"
+    )
+    assert run(st, src) == (0, "y", None, None)
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+
+
+def _call_waiting(st: LuaState, src: str) -> tuple[Any, ...]:
+    """Call `src` as a request phase whose body is not read yet; resume it with b"{}"."""
+    from ando.lua.pdk import CURRENT
+
+    box = st.sandbox((), False)
+    make = st.lua.eval(
+        "function(env, src) local f = assert(load(src, '=t', 't', env)); "
+        "jit.off(f, true); return f() end"
+    )
+    fn = make(box.env, src)
+    ctx, lctx = _Ctx(), st.new_ctx()
+    CURRENT.ctx, CURRENT.wait = ctx, True  # type: ignore[assignment]
+    try:
+        first = st.call(fn, st.to_lua({}), lctx)
+        assert first[0] == 3
+        ctx.body = b"{}"
+        res = st.resume(first[1], lctx, ctx.body)
+    finally:
+        CURRENT.ctx, CURRENT.wait = None, False
+    return res if isinstance(res, tuple) else (res,)
+
+
+def test_get_body_waits_and_resumes(st: LuaState) -> None:
+    res = _call_waiting(st, "return function() return 'got ' .. ando.request.get_body() end")
+    assert res == (0, "got {}")
+    res = _call_waiting(st, "return function() ando.request.get_body() return 201, 'x' end")
+    assert res[:3] == (1, 201, "x")
+
+
+def test_budget_applies_after_resume(st: LuaState) -> None:
+    res = _call_waiting(st, "return function() ando.request.get_body() while true do end end")
+    assert res[0] == 2 and "instruction budget exceeded" in res[1]
+
+
+def test_get_body_in_a_plugin_coroutine_is_an_error(st: LuaState) -> None:
+    from ando.lua.pdk import CURRENT
+
+    src = (
+        "return function() local co = coroutine.wrap(function() return ando.request.get_body() "
+        "end) return co() end"
+    )
+    CURRENT.ctx, CURRENT.wait = _Ctx(), True  # type: ignore[assignment]
+    try:
+        tag, msg, _, _ = run(st, src)
+    finally:
+        CURRENT.ctx, CURRENT.wait = None, False
+    assert tag == 2 and "inside a coroutine the plugin created" in msg
