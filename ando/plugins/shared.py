@@ -30,6 +30,7 @@ import multiprocessing
 import struct
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 SLOTS_PER_BUCKET = 8
 _SLOT = struct.Struct("<Qddd")  # key hash (0: empty), expires (0: never), a, b
@@ -40,6 +41,7 @@ _INF = float("inf")
 
 
 _HASH_CACHE_MAX = 4096
+_T = TypeVar("_T")
 STALE_LOCK = 1.0
 
 
@@ -89,55 +91,48 @@ class SharedDict:
             victim = 0  # every entry lives forever: take the first
         return base + victim * _SLOT.size, False
 
-    def get(self, key: str) -> tuple[float, float] | None:
-        """(a, b) of a live entry, or None."""
+    def _locked(self, key: str, body: Callable[[int, bool, int, float], _T]) -> _T:
+        """`body(offset, live, key hash, now)` under the lock of `key`'s bucket."""
         h = self._key_hash(key)
         lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
         if not lock.acquire(True, STALE_LOCK):
             self.takeovers += 1
         try:
-            off, live = self._find(h, time.time())
+            now = time.time()
+            off, live = self._find(h, now)
+            return body(off, live, h, now)
+        finally:
+            lock.release()
+
+    def get(self, key: str) -> tuple[float, float] | None:
+        """(a, b) of a live entry, or None."""
+
+        def read(off: int, live: bool, h: int, now: float) -> tuple[float, float] | None:
             if not live:
                 return None
             _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
             return a, b
-        finally:
-            lock.release()
+
+        return self._locked(key, read)
 
     def set(self, key: str, a: float, b: float = 0.0, ttl: float = 0.0) -> None:
-        h = self._key_hash(key)
-        now = time.time()
-        lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
-        if not lock.acquire(True, STALE_LOCK):
-            self.takeovers += 1
-        try:
-            off, _live = self._find(h, now)
+        def write(off: int, live: bool, h: int, now: float) -> None:
             _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
-        finally:
-            lock.release()
+
+        self._locked(key, write)
 
     def delete(self, key: str) -> None:
-        h = self._key_hash(key)
-        lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
-        if not lock.acquire(True, STALE_LOCK):
-            self.takeovers += 1
-        try:
-            off, live = self._find(h, time.time())
+        def clear(off: int, live: bool, h: int, now: float) -> None:
             if live:
                 _SLOT.pack_into(self._mem, off, 0, 0.0, 0.0, 0.0)
-        finally:
-            lock.release()
+
+        self._locked(key, clear)
 
     def incr(self, key: str, delta: float, ttl: float = 0.0) -> tuple[float, float]:
         """Add `delta` to `a` and return (a, expires). A missing or expired entry starts at
         `delta` and expires `ttl` seconds from now (never when ttl is 0): a fixed window."""
-        h = self._key_hash(key)
-        now = time.time()
-        lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
-        if not lock.acquire(True, STALE_LOCK):
-            self.takeovers += 1
-        try:
-            off, live = self._find(h, now)
+
+        def add(off: int, live: bool, h: int, now: float) -> tuple[float, float]:
             if live:
                 _kh, exp, a, b = _SLOT.unpack_from(self._mem, off)
                 a += delta
@@ -145,8 +140,8 @@ class SharedDict:
                 exp, a, b = (now + ttl if ttl > 0 else 0.0), delta, 0.0
             _SLOT.pack_into(self._mem, off, h, exp, a, b)
             return a, exp
-        finally:
-            lock.release()
+
+        return self._locked(key, add)
 
     def update(
         self,
@@ -157,13 +152,8 @@ class SharedDict:
         """Read-modify-write under the entry's lock: `change(a, b, existed)` returns the new
         (a, b) and a result handed back to the caller. The entry's expiry restarts at `ttl`.
         `change` must be quick and must not touch this dict; if it raises, nothing changes."""
-        h = self._key_hash(key)
-        now = time.time()
-        lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
-        if not lock.acquire(True, STALE_LOCK):
-            self.takeovers += 1
-        try:
-            off, live = self._find(h, now)
+
+        def apply(off: int, live: bool, h: int, now: float) -> float:
             if live:
                 _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
             else:
@@ -171,5 +161,5 @@ class SharedDict:
             a, b, result = change(a, b, live)
             _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
             return result
-        finally:
-            lock.release()
+
+        return self._locked(key, apply)
