@@ -47,8 +47,30 @@ class Current:
         # The node's SharedDict (ando.shared): the worker's, set when a Lua plugin is built.
         self.shared: SharedDict | None = None
 
+    def enter(
+        self, ctx: Any, head: Any, log: Callable[..., None] | None, plugin: str, wait: bool
+    ) -> None:
+        """Before a call into Lua: the request (and response head) the PDK works on."""
+        self.ctx, self.head, self.log, self.plugin, self.wait = ctx, head, log, plugin, wait
+
+    def leave(self) -> None:
+        """After the call: nothing of the request is reachable from the PDK any more."""
+        self.ctx = self.head = self.log = None
+        self.wait = False
+
 
 CURRENT = Current()
+_CTX_KEY = "ando.lua.ctx"  # where a request's Lua ctx table lives in RequestContext.data
+
+
+def lua_ctx(ctx: Any, new: Callable[[], Any]) -> Any:
+    """The Lua `ctx` table of this request, made on first use and shared by every Lua plugin
+    and serverless function on it."""
+    data = ctx.data
+    found = data.get(_CTX_KEY)
+    if found is None:
+        found = data[_CTX_KEY] = new()
+    return found
 
 
 class PdkError(Exception):

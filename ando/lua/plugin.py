@@ -31,12 +31,10 @@ from typing import Any, ClassVar
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from ando.lua.pdk import CURRENT
+from ando.lua.pdk import _CTX_KEY, CURRENT, lua_ctx
 from ando.lua.runtime import LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
-
-_CTX_KEY = "ando.lua.ctx"
 
 
 class LuaPluginError(Exception):
@@ -63,17 +61,12 @@ class LuaPlugin(Plugin):
     def _invoke(
         self, phase: str, ctx: RequestContext, head: ResponseHead | None, wait: bool = False
     ) -> Any:
-        data = ctx.data
-        lctx = data.get(_CTX_KEY)
-        if lctx is None:
-            lctx = data[_CTX_KEY] = self.lua_state.new_ctx()
-        cur = CURRENT
-        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
+        lctx = lua_ctx(ctx, self.lua_state.new_ctx)
+        CURRENT.enter(ctx, head, self._log, self.name, wait)
         try:
             result = self._bound[phase](lctx)
         finally:
-            cur.ctx = cur.head = cur.log = None
-            cur.wait = False
+            CURRENT.leave()
         if result.__class__ is tuple and result[0] == 2:
             raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {text(result[1])}")
         return result
@@ -82,15 +75,13 @@ class LuaPlugin(Plugin):
         """Read the request body and resume the waiting call with it, until it finishes."""
         st = self.lua_state
         lctx = ctx.data[_CTX_KEY]
-        cur = CURRENT
         while True:
             body = await ctx.read_body()
-            cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, None, self._log, self.name, True
+            CURRENT.enter(ctx, None, self._log, self.name, True)
             try:
                 result = st.resume(co, lctx, body)
             finally:
-                cur.ctx = cur.log = None
-                cur.wait = False
+                CURRENT.leave()
             if result.__class__ is not tuple:
                 return None
             kind = result[0]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ando.lua.pdk import CURRENT
+from ando.lua.pdk import _CTX_KEY, CURRENT, lua_ctx
 from ando.lua.runtime import text
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
@@ -103,16 +103,12 @@ class ServerlessFunction(Plugin):
     ) -> Any:
         """Call the functions from `start` on: None, a Response, or (in a request phase, when one
         waits for the request body) an awaitable of either."""
-        from ando.lua.plugin import _CTX_KEY, LuaPluginError
+        from ando.lua.plugin import LuaPluginError
 
         if self._error is not None:
             raise LuaPluginError(f"{self.name}: {self._error}")
-        data = ctx.data
-        lctx = data.get(_CTX_KEY)
-        if lctx is None:
-            lctx = data[_CTX_KEY] = self._state.new_ctx()
-        cur = CURRENT
-        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
+        lctx = lua_ctx(ctx, self._state.new_ctx)
+        CURRENT.enter(ctx, head, self._log, self.name, wait)
         result: Any = None
         i = start
         try:
@@ -121,8 +117,7 @@ class ServerlessFunction(Plugin):
                 if result.__class__ is tuple and result[0] != 0:
                     break
         finally:
-            cur.ctx = cur.head = cur.log = None
-            cur.wait = False
+            CURRENT.leave()
         return self._outcome(ctx, result, i, wait)
 
     def _outcome(self, ctx: RequestContext, result: Any, i: int, request: bool) -> Any:
@@ -142,18 +137,15 @@ class ServerlessFunction(Plugin):
 
     async def _after_body(self, ctx: RequestContext, co: Any, i: int) -> Response | None:
         """Function i waits for the request body: read it, resume it, then run the rest."""
-        from ando.lua.plugin import _CTX_KEY
 
         lctx = ctx.data[_CTX_KEY]
-        cur = CURRENT
         while True:
             body = await ctx.read_body()
-            cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, None, self._log, self.name, True
+            CURRENT.enter(ctx, None, self._log, self.name, True)
             try:
                 result = self._state.resume(co, lctx, body)
             finally:
-                cur.ctx = cur.log = None
-                cur.wait = False
+                CURRENT.leave()
             if result.__class__ is tuple and result[0] == 3:
                 co = result[1]
                 continue

@@ -190,10 +190,8 @@ class Gateway:
         except PluginFailed as e:
             self._plugin_failed(conn, req, ctx, route, e)
             return
-        if result is None:
-            self._proceed(conn, req, v, route, ctx)
-        elif type(result) is Response:
-            self._answer(conn, req, ctx, route, result)
+        if result is None or type(result) is Response:
+            self._after_phases(conn, req, v, route, ctx, result)  # type: ignore[arg-type]
         else:
             task = self.loop.create_task(result)  # type: ignore[arg-type]
             task.add_done_callback(lambda t: self._resumed(t, conn, req, v, route, ctx))
@@ -224,7 +222,18 @@ class Gateway:
                 error = PluginFailed("?", "access", error)
             self._plugin_failed(conn, req, ctx, route, error)
             return
-        result = task.result()
+        self._after_phases(conn, req, v, route, ctx, task.result())
+
+    def _after_phases(
+        self,
+        conn: HttpConnection,
+        req: Request,
+        v: Vars,
+        route: RouteRuntime | None,
+        ctx: RequestContext,
+        result: Response | None,
+    ) -> None:
+        """The request phases are over: a plugin's answer, or on to the upstream."""
         if result is None:
             self._proceed(conn, req, v, route, ctx)
         else:
