@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_victoria_logs import Receiver, events
+from tests.integration.test_victoria_logs import Receiver
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer, closed_port
@@ -190,9 +190,9 @@ def test_a_dead_log_server_never_fails_nor_slows_a_request(setup):
         slowest = max(slowest, time.monotonic() - t0)
     assert slowest < 0.5
     deadline = time.monotonic() + 5
-    while not events(gw, "log_push_failed") and time.monotonic() < deadline:
+    while not gw.events("log_push_failed") and time.monotonic() < deadline:
         time.sleep(0.05)
-    failed = [e for e in events(gw, "log_push_failed") if e["pusher"] == "dead logger"]
+    failed = [e for e in gw.events("log_push_failed") if e["pusher"] == "dead logger"]
     assert failed and "cannot reach 127.0.0.1" in failed[0]["error"]
     assert "plugin_error" not in gw.stderr()
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.client import request
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, failed_request_event
 from tests.support.upstream import echoed_headers
 
 PROBE = """
@@ -296,27 +296,6 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield g
 
 
-def events(gw: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in gw.stderr().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("event") == name:
-            out.append(rec)
-    return out
-
-
-def wait_events(gw: GatewayProcess, name: str, pred: Any) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while True:
-        found = [e for e in events(gw, name) if pred(e)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 # --- the examples -------------------------------------------------------------------------
 
 
@@ -405,11 +384,11 @@ def test_pdk_response_functions(gw: GatewayProcess) -> None:
 
 def test_pdk_log(gw: GatewayProcess) -> None:
     request(gw.port, "GET", "/probe/logged")
-    found = wait_events(gw, "lua_log", lambda e: e.get("message") == "probe saw /probe/logged")
+    found = gw.wait_events("lua_log", lambda e: e.get("message") == "probe saw /probe/logged")
     assert found and found[0]["level"] == "warn"
     assert found[0]["plugin"] == "pdk-probe"
     assert found[0]["route_id"] == "probe"
-    assert wait_events(gw, "lua_log", lambda e: e.get("message") == "logged 200")
+    assert gw.wait_events("lua_log", lambda e: e.get("message") == "logged 200")
 
 
 def test_response_exit(gw: GatewayProcess) -> None:
@@ -442,14 +421,7 @@ def test_response_exit(gw: GatewayProcess) -> None:
     ],
 )
 def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str) -> None:
-    started = time.monotonic()
-    r = request(gw.port, "GET", f"/fail?mode={mode}")
-    assert time.monotonic() - started < 5
-    assert r.status == 500
-    assert r.json() == {"error_msg": "500 Internal Server Error"}
-    found = wait_events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
-    assert found, gw.stderr()[-3000:]
-    ev = found[-1]
+    ev = failed_request_event(gw, f"/fail?mode={mode}", expect)
     assert ev["plugin"] == "fail-probe"
     assert ev["route_id"] == "fail"
     assert "fail.lua:" in ev["traceback"]  # the Lua traceback names the file and line
@@ -526,7 +498,7 @@ def test_pdk_shared_get_set_delete_ttl(gw: GatewayProcess) -> None:
 def test_pdk_shared_numbers_only(gw: GatewayProcess, mode: str, expect: str) -> None:
     r = request(gw.port, "GET", f"/shared?op={mode}")
     assert r.status == 500
-    found = wait_events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
+    found = gw.wait_events("plugin_error", lambda e: expect in e.get("traceback", ""))
     assert found, gw.stderr()[-3000:]
     assert "shared.lua:" in found[-1]["traceback"]  # reported at the plugin's own line
 
@@ -576,5 +548,5 @@ def test_request_body_guard(gw: GatewayProcess) -> None:
 def test_request_body_not_available_after_the_request_went(gw: GatewayProcess) -> None:
     r = request(gw.port, "POST", "/late", body=b"{}")
     assert r.status == 500
-    found = wait_events(gw, "plugin_error", lambda e: e.get("plugin") == "late-body")
+    found = gw.wait_events("plugin_error", lambda e: e.get("plugin") == "late-body")
     assert found and "get_body" in json.dumps(found[-1])

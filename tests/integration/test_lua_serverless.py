@@ -5,7 +5,6 @@ error, runaway loop, forbidden call) each contained to its request."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from ando.config.diagnostics import ConfigError
 from ando.config.source import snapshot_from_text
 from tests.support.client import request
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, failed_request_event
 from tests.support.upstream import echoed_headers
 
 
@@ -183,23 +182,6 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield g
 
 
-def events(gw: GatewayProcess, name: str, pred: Any) -> list[dict[str, Any]]:
-    """The stderr events `name` matching `pred`, waiting up to 5 s for one."""
-    deadline = time.monotonic() + 5
-    while True:
-        found = []
-        for line in gw.stderr().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("event") == name and pred(rec):
-                found.append(rec)
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_rewrite_and_before_proxy_share_ctx(gw: GatewayProcess) -> None:
     r = request(gw.port, "GET", "/phases")
     assert r.status == 200, r.body
@@ -242,7 +224,7 @@ def test_header_filter_and_log_phases(gw: GatewayProcess) -> None:
     r = request(gw.port, "GET", "/filters")
     assert r.status == 202
     assert r.header("X-Status-Seen") == "200"
-    found = events(gw, "lua_log", lambda e: e.get("message") == "serverless log /filters")
+    found = gw.wait_events("lua_log", lambda e: e.get("message") == "serverless log /filters")
     assert found, gw.stderr()[-2000:]
     assert found[0]["plugin"] == "serverless-pre-function"
     assert found[0]["route_id"] == "filters"
@@ -267,18 +249,12 @@ def test_pdk_shared_and_time_in_functions(gw: GatewayProcess) -> None:
     ],
 )
 def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str) -> None:
-    started = time.monotonic()
-    r = request(gw.port, "GET", f"/fail?mode={mode}")
-    assert time.monotonic() - started < 5
-    assert r.status == 500
-    assert r.json() == {"error_msg": "500 Internal Server Error"}
-    found = events(gw, "plugin_error", lambda e: expect in e.get("traceback", ""))
-    assert found, gw.stderr()[-3000:]
-    assert found[-1]["plugin"] == "serverless-pre-function"
-    assert found[-1]["route_id"] == "fail"
+    ev = failed_request_event(gw, f"/fail?mode={mode}", expect)
+    assert ev["plugin"] == "serverless-pre-function"
+    assert ev["route_id"] == "fail"
     if mode != "status":
         # the Lua traceback names the function by its place in the configuration
-        assert "serverless-pre-function.functions[0]:" in found[-1]["traceback"]
+        assert "serverless-pre-function.functions[0]:" in ev["traceback"]
     assert request(gw.port, "GET", "/fail?mode=none").status == 200
     assert not Path("/tmp/ando-sl-pwned").exists()
 

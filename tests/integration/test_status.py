@@ -28,19 +28,6 @@ def config(up: dict[str, Any], **node: Any) -> dict[str, Any]:
     }
 
 
-def events(gw: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    """The gateway's events called `name`, from its stderr JSON lines."""
-    out = []
-    for line in gw.stderr().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("event") == name:
-            out.append(record)
-    return out
-
-
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -88,7 +75,7 @@ def test_alive_and_ready_while_serving(tmp_path, up):
             assert status(gw, path).status == 404, path
         post = status(gw, "/status", "POST")
         assert post.status == 405 and post.header("Allow") == "GET, HEAD"
-        start = events(gw, "start")[0]
+        start = gw.events("start")[0]
         assert start["status"] == f"127.0.0.1:{gw.status_port}"
 
 
@@ -122,14 +109,14 @@ def test_ready_turns_503_during_a_sigterm_drain_while_a_request_finishes(tmp_pat
         assert result["response"].status == 200
         assert gw.proc.wait(15) == 0
         assert refused(gw.status_port)
-        assert events(gw, "stopped")[0]["killed"] == 0
+        assert gw.events("stopped")[0]["killed"] == 0
 
 
 def test_disabled_means_nothing_listens(tmp_path, up):
     cfg = config(up, workers=1, observability={"status": {"enabled": False}})
     with GatewayProcess(cfg, tmp_path) as gw:
         assert refused(gw.status_port)
-        assert "status" not in events(gw, "start")[0]
+        assert "status" not in gw.events("start")[0]
 
 
 MALFORMED = [
@@ -217,8 +204,8 @@ def test_moving_the_status_address_needs_a_restart(tmp_path, up):
             config(up, workers=1, observability={"status": {"listen": f"127.0.0.1:{moved}"}})
         )
         os.kill(gw.proc.pid, signal.SIGHUP)
-        wait_for(lambda: any(e["result"] == "ok" for e in events(gw, "reload")), "the reload")
-        event = events(gw, "reload")[0]
+        wait_for(lambda: any(e["result"] == "ok" for e in gw.events("reload")), "the reload")
+        event = gw.events("reload")[0]
         assert event["restart_required"] == ["ando.observability.status"]
         assert event["level"] == "warn"
         assert request(old, "GET", "/status").status == 200  # still where it was bound
@@ -229,11 +216,11 @@ def test_workers_do_not_hold_the_status_socket(tmp_path, up):
     """A worker holding the master's listening socket would keep the port bound (and queue
     probes nobody answers) after the master died."""
     with GatewayProcess(config(up, workers=2), tmp_path) as gw:
-        wait_for(lambda: len(events(gw, "worker_started")) == 2, "two workers")
+        wait_for(lambda: len(gw.events("worker_started")) == 2, "two workers")
         inode = _listening_inode(gw.status_port)
         assert gw.proc is not None
         assert _holds(gw.proc.pid, inode)
-        for worker in events(gw, "worker_started"):
+        for worker in gw.events("worker_started"):
             assert not _holds(worker["pid"], inode), worker
 
 

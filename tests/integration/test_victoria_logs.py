@@ -94,18 +94,6 @@ class Receiver:
         self.server.server_close()
 
 
-def events(gw: GatewayProcess, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in gw.stderr().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == name:
-            out.append(record)
-    return out
-
-
 def _config(up: UpstreamServer, victoria: dict[str, Any]) -> dict[str, Any]:
     return {
         "ando": {"observability": {"victoria_logs": victoria}},
@@ -176,7 +164,7 @@ def test_gateway_events_go_to_victoria_logs_beside_the_access_lines(tmp_path):
         with GatewayProcess(config, tmp_path) as gw:
             assert request(gw.port, "GET", "/dead").status == 502
             vl.wait_for(lambda: any(x.get("event") == "upstream_failed" for x in vl.lines()))
-            on_stderr = events(gw, "upstream_failed")
+            on_stderr = gw.events("upstream_failed")
     pushed = [x for x in vl.lines() if x.get("event") == "upstream_failed"]
     assert len(pushed) == 1 and pushed == on_stderr
     assert any(x.get("path") == "/dead" and x.get("status") == 502 for x in vl.lines())
@@ -202,11 +190,11 @@ def test_a_stalled_victoria_logs_slows_no_request_and_drops_are_counted(tmp_path
             elapsed = time.monotonic() - started
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not (
-                events(gw, "log_entries_dropped") and events(gw, "log_push_failed")
+                gw.events("log_entries_dropped") and gw.events("log_push_failed")
             ):
                 time.sleep(0.05)
-            dropped = events(gw, "log_entries_dropped")
-            failed = events(gw, "log_push_failed")
+            dropped = gw.events("log_entries_dropped")
+            failed = gw.events("log_push_failed")
     assert slowest < 0.5, f"a request took {slowest:.3f}s while VictoriaLogs stalled"
     assert elapsed < 15
     assert dropped and dropped[0]["pusher"] == "victoria_logs" and dropped[0]["dropped"] > 0
@@ -223,9 +211,9 @@ def test_down_then_lines_held_at_exit_are_flushed(tmp_path):
             for i in range(5):
                 assert request(gw.port, "GET", f"/a/{i}").status == 200
             deadline = time.monotonic() + 5
-            while not events(gw, "log_push_failed") and time.monotonic() < deadline:
+            while not gw.events("log_push_failed") and time.monotonic() < deadline:
                 time.sleep(0.05)
-            failed = events(gw, "log_push_failed")
+            failed = gw.events("log_push_failed")
     assert failed and "cannot reach 127.0.0.1" in failed[0]["error"]
 
     (tmp_path / "exit").mkdir()

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,29 @@ class GatewayProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The gateway's events called `name`, from its stderr JSON lines."""
+        out = []
+        for line in self.stderr().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == name:
+                out.append(record)
+        return out
+
+    def wait_events(
+        self, name: str, where: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        """The `name` events matching `where`, polling up to `timeout` s until there is one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.events(name) if where(e)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def access_log_lines(self) -> list[dict[str, Any]]:
         out = []
         for line in self.stdout().splitlines():
@@ -178,3 +202,18 @@ def raw_request(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool 
             if not read_all:
                 break
         return b"".join(chunks)
+
+
+def failed_request_event(gw: GatewayProcess, path: str, expect: str) -> dict[str, Any]:
+    """GET `path` must fail with the gateway's 500, promptly, and log a plugin_error event whose
+    traceback holds `expect`: that event is returned for the caller's own checks."""
+    from .client import request  # the HTTP client, only for this helper
+
+    started = time.monotonic()
+    r = request(gw.port, "GET", path)
+    assert time.monotonic() - started < 5
+    assert r.status == 500
+    assert r.json() == {"error_msg": "500 Internal Server Error"}
+    found = gw.wait_events("plugin_error", lambda e: expect in e.get("traceback", ""))
+    assert found, gw.stderr()[-3000:]
+    return found[-1]
