@@ -109,17 +109,19 @@ class LuaState:
         key = (search_path(paths), unsafe)
         found = self.sandboxes.get(key)
         if found is None:
-            found = self.sandboxes[key] = self.core.new_sandbox(key[0], unsafe, self.pdk)
+            found = self.sandboxes[key] = self.core.new_sandbox(lua_text(key[0]), unsafe, self.pdk)
         return found
 
     def load_module(self, paths: tuple[str, ...], unsafe: bool, name: str) -> tuple[bool, Any, str]:
         """(True, module value, file) or (False, "file:line: message", file), once per distinct
         source: a changed file is loaded again (into a new sandbox, so its own cache is fresh)."""
         box = self.sandbox(paths, unsafe)
-        file = self.core.find(box, name)
+        # Names and paths cross into Lua as UTF-8 bytes (the state is latin-1: one char a byte).
+        file = self.core.find(box, lua_text(name))
         if not isinstance(file, str):
-            where = file[1] if isinstance(file, tuple) else ""
+            where = text(file[1]) if isinstance(file, tuple) else ""
             return False, f"Lua module '{name}' not found:{where}", ""
+        file = text(file)
         try:
             source = Path(file).read_bytes()
         except OSError as e:
@@ -132,7 +134,7 @@ class LuaState:
             # the file changed since it was loaded: start from a fresh sandbox
             self.sandboxes.pop((key[0], unsafe), None)
             box = self.sandbox(paths, unsafe)
-        ok, value = self.core.load_module(box, name, BUDGET)
+        ok, value = self.core.load_module(box, lua_text(name), BUDGET)
         found = self.modules[key] = (
             bool(ok),
             value if ok else _full_path(text(str(value)), file),

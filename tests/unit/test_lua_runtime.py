@@ -306,3 +306,21 @@ def test_get_body_in_a_plugin_coroutine_is_an_error(st: LuaState) -> None:
     finally:
         CURRENT.ctx, CURRENT.wait = None, False
     assert tag == 2 and "inside a coroutine the plugin created" in msg
+
+
+def test_module_names_and_paths_beyond_latin_1_are_diagnostics_or_load(tmp_path):
+    """Found by the config fuzzer: such a name crashed validation instead of being reported."""
+    from ando.config.diagnostics import ConfigError
+    from ando.config.source import snapshot_from_text
+
+    with pytest.raises(ConfigError) as e:
+        snapshot_from_text('ando: {lua: {plugins: ["Ā"]}}\n', "t.yaml", environ={})
+    (problem,) = [d.format() for d in e.value.diagnostics]
+    assert problem.startswith("t.yaml:1:24: ando.lua.plugins[0]: cannot load Lua plugin 'Ā': ")
+    assert "Lua module 'Ā' not found" in problem and "/Ā.lua'" in problem  # the name, intact
+    where = tmp_path / "plugins-Ā"
+    where.mkdir()
+    (where / "wide.lua").write_text('return {name = "wide", priority = 1, schema = {}}\n')
+    text = f'ando: {{lua: {{paths: ["{where}"], plugins: ["wide"]}}}}\n'
+    snap = snapshot_from_text(text, "t.yaml", environ={})
+    assert snap.source_files == (str(where / "wide.lua"),)
