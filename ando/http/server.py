@@ -752,6 +752,14 @@ class HttpConnection(asyncio.Protocol):
     def idle(self) -> bool:
         return self._current is None and self._parsing is None and self.tunnel is None
 
+    @property
+    def state(self) -> str:
+        """nginx's stub_status states: writing (a request being served, or a tunnel), reading
+        (a request head arriving), waiting (an idle keep-alive connection)."""
+        if self._current is not None or self.tunnel is not None:
+            return "writing"
+        return "reading" if self._parsing is not None else "waiting"
+
     # --- internals --------------------------------------------------------------------------
 
     def _refuse(self, status: int, message: str) -> None:

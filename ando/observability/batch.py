@@ -27,6 +27,9 @@ Send = Callable[[bytearray, int], Awaitable[None]]
 _LOG_EVERY = 5.0  # seconds between two failure (or drop) events of one processor
 
 _live: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
+# Entries dropped by processors already closed (a reload replaced them), by pusher name: the
+# worker's metrics count them for its whole life, not only while their processor lives.
+_retired_dropped: dict[str, int] = {}
 
 
 class BatchProcessor:
@@ -283,6 +286,8 @@ class BatchProcessor:
         if lost:
             self.dropped += lost
             self.log("log_entries_dropped", level="warn", pusher=self.name, dropped=self.dropped)
+        if self.dropped:
+            _retired_dropped[self.name] = _retired_dropped.get(self.name, 0) + self.dropped
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests."""
@@ -304,6 +309,14 @@ def _wake(waker: asyncio.Future[None]) -> None:
 def live_processors() -> list[BatchProcessor]:
     """Every processor of this worker that has not been closed (for metrics and shutdown)."""
     return list(_live)
+
+
+def dropped_by_pusher() -> dict[str, int]:
+    """Entries dropped since the worker started, by pusher name (closed processors included)."""
+    out = dict(_retired_dropped)
+    for p in list(_live):
+        out[p.name] = out.get(p.name, 0) + p.dropped
+    return out
 
 
 async def close_all(timeout: float) -> None:

@@ -157,6 +157,28 @@ class PluginChain:
         self.before_consumer = self.global_rewrite + self.global_access + self.rewrite
         self.after_consumer = self.access + self.before_proxy
 
+    @property
+    def has_phases(self) -> bool:
+        """False when no configured plugin runs in any phase (e.g. only `prometheus`, which
+        the gateway itself serves): such a route keeps the plugin-free fast path."""
+        return bool(
+            self.before_consumer
+            or self.after_consumer
+            or self.header_filter
+            or self.body_filter
+            or self.log
+        )
+
+    def configured(self, name: str) -> Mapping[str, Any] | None:
+        """The effective configuration of plugin `name` on this chain (the route's merged one,
+        else a global rule's), or None when it is absent or `_meta.disable`d."""
+        found = self._merged.get(name)
+        if found is None:
+            found = next((c for c in self._builder.global_configured if c.name == name), None)
+        if found is None or found.meta.get("disable"):
+            return None
+        return found.conf
+
     def describe(self) -> list[dict[str, Any]]:
         """The plugins a request on this chain meets, in run order, with where each one's
         configuration came from (for `ando explain`)."""

@@ -21,6 +21,7 @@ from ando.config.snapshot import (
     thaw,
     upstream_from_conf,
 )
+from ando.observability.metrics import RouteMetrics
 from ando.plugins.base import Plugin
 from ando.plugins.chain import ChainBuilder, PluginChain
 from ando.plugins.registry import builtin_plugins
@@ -116,7 +117,17 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
 
 
 class RouteRuntime:
-    __slots__ = ("chain", "id", "name", "record", "service_id", "timeout", "upstream", "websocket")
+    __slots__ = (
+        "chain",
+        "id",
+        "metrics",
+        "name",
+        "record",
+        "service_id",
+        "timeout",
+        "upstream",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -135,6 +146,7 @@ class RouteRuntime:
         self.websocket = own if own is not None else bool(service and service.enable_websocket)
         base = upstream.timeout if upstream is not None else None
         self.timeout = record.timeout or base or DEFAULT_TIMEOUT
+        self.metrics: RouteMetrics | None = None  # set when the prometheus plugin counts it
 
 
 def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
@@ -156,7 +168,7 @@ def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
 
 
 class RuntimeConfig:
-    __slots__ = ("global_chain", "router", "routes", "snapshot", "upstreams")
+    __slots__ = ("global_chain", "global_metrics", "router", "routes", "snapshot", "upstreams")
 
     def __init__(
         self,
@@ -194,16 +206,29 @@ class RuntimeConfig:
             worker_cache=worker_cache,
         )
         self.global_chain = chains.global_chain
+        counting = "prometheus" in chains.classes
+        # Unmatched requests are counted (under route "") when a global rule has the plugin.
+        self.global_metrics = bool(
+            counting
+            and chains.global_chain is not None
+            and chains.global_chain.configured("prometheus") is not None
+        )
         routes: list[RouteRuntime] = []
         entries: list[RouteEntry] = []
         for r in snapshot.routes:
             service = snapshot.services.get(r.service_id) if r.service_id else None
             upstream = _resolve_upstream(r, service, shared, service_ups)
-            rt = RouteRuntime(r, service, upstream, chains.route_chain(r, service))
+            chain = chains.route_chain(r, service)
+            prom = chain.configured("prometheus") if counting and chain is not None else None
+            if chain is not None and not chain.has_phases:
+                chain = None  # e.g. only prometheus: counted by the gateway, no plugin path
+            rt = RouteRuntime(r, service, upstream, chain)
             routes.append(rt)
+            hosts = r.hosts if r.hosts is not None else (service.hosts if service else None)
+            if prom is not None:
+                rt.metrics = _route_metrics(r, service, hosts, bool(prom.get("prefer_name")))
             if r.status == 0:
                 continue  # disabled: kept for explain and the Admin API, never matched
-            hosts = r.hosts if r.hosts is not None else (service.hosts if service else None)
             entries.append(
                 RouteEntry(
                     payload=rt,
@@ -219,6 +244,19 @@ class RuntimeConfig:
             )
         self.routes = tuple(routes)
         self.router = Router(entries)
+
+
+def _route_metrics(
+    route: Route, service: Service | None, hosts: tuple[str, ...] | None, prefer_name: bool
+) -> RouteMetrics:
+    """APISIX's labels: ids, or names with `prefer_name` (an id where there is no name)."""
+    route_label = (route.name or route.id) if prefer_name else route.id
+    service_label = ""
+    if service is not None:
+        service_label = (service.name or service.id) if prefer_name else service.id
+    elif route.service_id:
+        service_label = route.service_id
+    return RouteMetrics(route_label, service_label, tuple(route.uris), hosts)
 
 
 def _resolve_upstream(

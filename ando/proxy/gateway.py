@@ -22,6 +22,7 @@ from ando.http.upstream import UpstreamPool
 from ando.observability import batch
 from ando.observability.access_log import AccessLog, add_tls
 from ando.observability.access_log import configure as configure_access_log
+from ando.observability.metrics import UNMATCHED, WorkerMetrics, max_series_of, request_length
 from ando.plugins.base import Plugin, Response
 from ando.plugins.context import RequestContext, header_bytes
 from ando.plugins.shared import SharedDict
@@ -75,6 +76,9 @@ class Gateway:
         self.pool = UpstreamPool(self.loop)
         self.connections: set[HttpConnection] = set()
         self.inflight = 0
+        self.accepted = 0  # connections, since the worker started
+        self.requests = 0  # requests, since the worker started
+        self.metrics = WorkerMetrics(max_series_of(snapshot.node.observability))
         self.draining = False
         self._tracked: set[ProxyExchange] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -104,6 +108,7 @@ class Gateway:
             snapshot, self.access_log, self.loop, self.log_event
         )
         self.config, self.limits, self.access_log, self.certs = config, limits, access_log, certs
+        self.metrics.max_series = max_series_of(snapshot.node.observability)
         for conn in self.connections:
             conn.limits = limits
         retire_log()
@@ -135,6 +140,7 @@ class Gateway:
                 self, self.limits, scheme=scheme, on_close=self.connections.discard
             )
             self.connections.add(conn)
+            self.accepted += 1
             if self.draining:
                 self.loop.call_soon(conn.begin_drain)
             return conn
@@ -145,11 +151,14 @@ class Gateway:
 
     def on_request(self, conn: HttpConnection, req: Request) -> None:
         self.inflight += 1
+        self.requests += 1
         config = self.config
         v = Vars(req)
         match = config.router.match(req.method, req.host, req.path, req.client_addr, v)
         if match is None:
             if config.global_chain is not None:
+                if config.global_metrics:
+                    v.metric = UNMATCHED
                 self._with_plugins(conn, req, v, None, config.global_chain)
                 return
             sent = conn.send_simple(req, 404, _NOT_FOUND)
@@ -158,13 +167,15 @@ class Gateway:
         route = match.entry.payload
         v.route_id = route.id
         v.service_id = route.service_id
+        if route.metrics is not None:
+            v.metric = route.metrics.key(match.uri, req.host)
         if route.chain is not None:
             self._with_plugins(conn, req, v, route, route.chain)
             return
         upstream = route.upstream
         if upstream is None:
             sent = conn.send_simple(req, 503, _NO_UPSTREAM)
-            self._log(req, 503, sent, route.id, route.service_id)
+            self._log(req, 503, sent, route.id, route.service_id, metric=v.metric)
             return
         ProxyExchange(self, conn, req, route, upstream, v).start()
 
@@ -377,6 +388,7 @@ class Gateway:
             ex.upstream_latency,
             route.name,
             ex.conn.transport,
+            ex.vars.metric,
         )
 
     def _log(
@@ -387,11 +399,16 @@ class Gateway:
         route_id: str | None,
         service_id: str | None,
         ctx: RequestContext | None = None,
+        metric: tuple[str, str, str, str] | None = None,
     ) -> None:
         """A request the gateway answered itself (404, 503, a plugin's response)."""
         log = self.access_log
         name = log.route_names.get(route_id) if log is not None and route_id else None
-        self._finished(req, status, sent, route_id, service_id, ctx, None, None, None, name, None)
+        if ctx is not None:
+            metric = ctx.var.metric
+        self._finished(
+            req, status, sent, route_id, service_id, ctx, None, None, None, name, None, metric
+        )
 
     def _finished(
         self,
@@ -406,9 +423,25 @@ class Gateway:
         upstream_latency: float | None,
         route_name: str | None,
         transport: Any,
+        metric: tuple[str, str, str, str] | None,
     ) -> None:
-        """Every request ends here, once: the access log line, the plugins' log phase."""
+        """Every request ends here, once: the access log line, metrics, the plugins' log phase."""
         self.inflight -= 1
+        latency = time.monotonic() - req.start
+        if metric is not None:
+            node = ""
+            if upstream_addr is not None:
+                node = upstream_addr.rpartition(":")[0].strip("[]")
+            self.metrics.record(
+                metric,
+                status,
+                (ctx.consumer_name or "") if ctx is not None else "",
+                node,
+                latency,
+                upstream_latency,
+                request_length(req.method, req.target, req.headers, req.body_size),
+                sent,
+            )
         log = self.access_log
         if log is not None:
             record = {
@@ -423,7 +456,7 @@ class Gateway:
                 "bytes_sent": sent,
                 "upstream_addr": upstream_addr,
                 "upstream_status": upstream_status,
-                "latency": int((time.monotonic() - req.start) * 1e6) / 1e6,
+                "latency": int(latency * 1e6) / 1e6,
                 "upstream_latency": int(upstream_latency * 1e6) / 1e6
                 if upstream_latency is not None
                 else None,
@@ -436,11 +469,35 @@ class Gateway:
                 add_tls(record, transport)
             log.write(record)
         if ctx is not None:
-            ctx.latency = time.monotonic() - req.start
+            ctx.latency = latency
             if ctx.chain.log:
                 run_log_phase(ctx, self.report_plugin_failure)
             ctx.var.ctx = None  # break the vars <-> context cycle: refcounting frees both
         self._check_idle()
+
+    def metrics_report(self) -> dict[str, Any]:
+        """This worker's totals for the master (ando/runtime/metrics_server.py), with the
+        connection states nginx's stub_status reports."""
+        reading = writing = waiting = 0
+        for conn in self.connections:
+            state = conn.state
+            if state == "writing":
+                writing += 1
+            elif state == "reading":
+                reading += 1
+            else:
+                waiting += 1
+        return {
+            "metrics": self.metrics.dump(),
+            "accepted": self.accepted,
+            "handled": self.accepted,
+            "requests": self.requests,
+            "active": len(self.connections),
+            "reading": reading,
+            "writing": writing,
+            "waiting": waiting,
+            "log_dropped": batch.dropped_by_pusher(),
+        }
 
     def log_event(self, event: str, level: str = "warn", **fields: Any) -> None:
         record = {

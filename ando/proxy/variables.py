@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 
 
 class Vars:
-    __slots__ = ("_args", "_cookies", "ctx", "req", "route_id", "service_id", "upstream_addr")
+    __slots__ = (
+        "_args",
+        "_cookies",
+        "ctx",
+        "metric",
+        "req",
+        "route_id",
+        "service_id",
+        "upstream_addr",
+    )
 
     def __init__(self, req: Request) -> None:
         self.req = req
@@ -26,6 +35,7 @@ class Vars:
         self.route_id: str | None = None
         self.service_id: str | None = None
         self.upstream_addr: str | None = None
+        self.metric: tuple[str, str, str, str] | None = None  # labels, when prometheus counts it
 
     def get(self, name: str) -> str | None:
         req = self.req

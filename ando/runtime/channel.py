@@ -20,6 +20,8 @@ from dataclasses import dataclass
 CONFIG = b"C"  # master -> worker: serve this config text (payload: UTF-8 YAML)
 READY = b"R"  # worker -> master: listening on every listener
 APPLIED = b"A"  # worker -> master: generation applied (payload: JSON {"ok": bool, "error": ...})
+METRICS_ASK = b"M"  # master -> worker: report your metric totals (generation: the ask's number)
+METRICS = b"S"  # worker -> master: metric totals (JSON); generation 0 is the last one, at exit
 
 _HEADER = struct.Struct("!cQI")
 MAX_PAYLOAD = 256 * 1024 * 1024  # far above any valid config (32 MiB of text); guards the reader
@@ -77,6 +79,28 @@ class Channel:
             if not chunk:
                 return None
             self._buf += chunk
+
+    def read_buffered(self) -> list[Frame]:
+        """The whole frames the peer sent that nobody has read yet, without waiting: for a
+        worker that has just exited, whose last words (its final metric totals) may still sit
+        in the socket when it is reaped."""
+        frames = []
+        while True:
+            try:
+                chunk = self.sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError, ConnectionResetError, OSError):
+                break
+            if not chunk:
+                break
+            self._buf += chunk
+        while len(self._buf) >= _HEADER.size:
+            kind, generation, length = _HEADER.unpack_from(self._buf)
+            end = _HEADER.size + length
+            if length > MAX_PAYLOAD or len(self._buf) < end:
+                break
+            frames.append(Frame(kind, generation, bytes(self._buf[_HEADER.size : end])))
+            del self._buf[:end]
+        return frames
 
     def close(self) -> None:
         self.sock.close()  # idempotent

@@ -32,13 +32,16 @@ import uvloop
 
 from ando import __version__
 from ando.config.diagnostics import ConfigError, render_text
-from ando.config.snapshot import Snapshot
+from ando.config.snapshot import Snapshot, thaw
 from ando.config.source import UnreadableConfig, read_text, snapshot_from_text
+from ando.observability.exposition import NodeFacts, NodeTotals, render
+from ando.observability.victoria_metrics import VictoriaMetricsPusher
 from ando.runtime import channel
 from ando.runtime.channel import Channel
 from ando.runtime.contract import GatewayFactory, ServingUnavailable, default_gateway_factory
 from ando.runtime.events import describe_status, log
 from ando.runtime.listeners import BindError, check_listeners, describe
+from ando.runtime.metrics_server import ASK_TIMEOUT, MetricsServer, prometheus_config
 from ando.runtime.pidfile import default_pid_file, remove_pid_file, running_pid, write_pid_file
 from ando.runtime.status import StatusServer, status_config, status_settings
 from ando.runtime.watch import ConfigWatcher
@@ -81,31 +84,35 @@ def run(
             _say(f"ando: serving traffic is not built yet ({e}); nothing is listening. Exiting.")
             return EXIT_UNAVAILABLE
     problems = check_listeners(snapshot.node.listen)
-    status = None
+    status = metrics = None
     if not problems:
         status, problem = _bind_status(snapshot)
+        problems += [problem] if problem else []
+    if not problems:
+        metrics, problem = _bind_metrics(snapshot)
         problems += [problem] if problem else []
     if problems:
         for problem in problems:
             _say(f"ando: {problem}")
+        _close(status)
         return EXIT_INVALID
     pid_path = pid_file or default_pid_file(config_path)
     other = running_pid(pid_path)
     if other is not None and other != os.getpid():
         _say(f"ando: already running with this config (pid {other}, pid file {pid_path})")
-        _close(status)
+        _close(status, metrics)
         return EXIT_INVALID
     try:
         write_pid_file(pid_path, os.getpid())
     except OSError as e:
         _say(f"ando: cannot write pid file {pid_path}: {e.strerror or e}")
-        _close(status)
+        _close(status, metrics)
         return EXIT_INVALID
     master_pid = os.getpid()
     loop = uvloop.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        master = Master(config_path, text, snapshot, gateway_factory, pid_path, status)
+        master = Master(config_path, text, snapshot, gateway_factory, pid_path, status, metrics)
         return loop.run_until_complete(master.serve())
     finally:
         if os.getpid() == master_pid:  # workers never get here (they os._exit), but be sure
@@ -128,9 +135,23 @@ def _bind_status(snapshot: Snapshot) -> tuple[StatusServer | None, str | None]:
         return None, f"cannot listen on {settings.address} (ando.observability.status): {e}"
 
 
-def _close(status: StatusServer | None) -> None:
-    if status is not None:
-        status.close()
+def _bind_metrics(snapshot: Snapshot) -> tuple[MetricsServer | None, str | None]:
+    """The Prometheus endpoint, bound now for the same reason as the status address."""
+    listen = prometheus_config(snapshot.node)[1]
+    try:
+        return MetricsServer.bind_from(snapshot.node), None
+    except (ValueError, BindError) as e:
+        return None, f"cannot listen on {listen} (ando.observability.prometheus): {e}"
+
+
+def _close(*servers: StatusServer | MetricsServer | None) -> None:
+    for server in servers:
+        if server is not None:
+            server.close()
+
+
+def _master_log(event: str, level: str = "info", **fields: object) -> None:
+    log(event, level=level, pid=os.getpid(), **fields)
 
 
 def _say(text: str) -> None:
@@ -172,6 +193,7 @@ class WorkerHandle:
     generation: int = 0  # the newest config generation it serves
     task: asyncio.Task[None] | None = None
     waiters: list[tuple[int, asyncio.Future[dict[str, object]]]] = field(default_factory=list)
+    metric_asks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
     def settle(self, generation: int, result: dict[str, object]) -> None:
         """Answer every reload waiting for `generation` or an older one."""
@@ -194,6 +216,7 @@ class Master:
         gateway_factory: GatewayFactory,
         pid_file: str,
         status: StatusServer | None = None,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.config_path = config_path
         self.snapshot, self.digest = snapshot, _digest(text, snapshot.source_files)
@@ -224,6 +247,13 @@ class Master:
         self.status = status
         if status is not None:
             status.readiness = self.readiness
+        self.totals = NodeTotals()
+        self.facts = NodeFacts()
+        self._asks = 0
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.collect = self.collect_metrics
+        self.vm_pusher: VictoriaMetricsPusher | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -238,14 +268,14 @@ class Master:
         try:
             return await self._serve(loop)
         finally:
-            if self.status is not None:
-                self.status.close()
+            _close(self.status, self.metrics)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         """Serve until a stop signal, then shut down. The status server answers from before the
         first worker is forked (not ready yet) until the last one is gone (draining)."""
-        if self.status is not None:
-            await self.status.start()
+        for side in (self.status, self.metrics):
+            if side is not None:
+                await side.start()
         log(
             "start",
             pid=self.pid,
@@ -257,9 +287,11 @@ class Master:
             counts=self.snapshot.counts(),
             pid_file=self.pid_file,
             status=self.status.settings.address if self.status is not None else None,
+            metrics=self.metrics.address if self.metrics is not None else None,
         )
         for slot in range(self.size):
             self._respawn(slot, None)
+        self._configure_pusher()
         self.watcher.start()
         reloader = loop.create_task(self._reloader(), name="reloader")
         reaper = loop.create_task(self._reap_periodically(), name="reaper")
@@ -267,6 +299,8 @@ class Master:
         reloader.cancel()
         reaper.cancel()
         await self._shutdown(mode, sig)
+        if self.vm_pusher is not None:  # the workers' last totals, after the drain
+            await self.vm_pusher.stop(final_push=mode == "graceful")
         return EXIT_OK
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
@@ -357,7 +391,9 @@ class Master:
             master_pid=self.pid,
         )
         inherited = list(self.workers.values())
-        status_fds = self.status.inherited_fds() if self.status is not None else []
+        status_fds = [
+            fd for side in (self.status, self.metrics) if side for fd in side.inherited_fds()
+        ]
         sys.stdout.flush()
         sys.stderr.flush()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
@@ -386,6 +422,7 @@ class Master:
         handle = WorkerHandle(pid, slot, Channel(parent_sock), time.monotonic())
         handle.generation = self.generation
         self.workers[pid] = handle
+        self.facts.workers[pid] = slot
         loop = asyncio.get_running_loop()
         handle.task = loop.create_task(self._listen(handle), name=f"worker-{pid}")
         try:
@@ -426,6 +463,8 @@ class Master:
                 return
             if frame.kind == channel.READY:
                 handle.ready = True
+            elif frame.kind == channel.METRICS:
+                self._metrics_reported(handle, frame.generation, frame.payload)
             elif frame.kind == channel.APPLIED:
                 try:
                     result = orjson.loads(frame.payload)
@@ -453,6 +492,10 @@ class Master:
                 self._exited(handle, status)
 
     def _exited(self, handle: WorkerHandle, status: int) -> None:
+        try:
+            last_words = [] if handle.task is None else handle.channel.read_buffered()
+        except OSError:
+            last_words = []
         if handle.pidfd is not None:
             loop = asyncio.get_running_loop()
             loop.remove_reader(handle.pidfd)
@@ -463,6 +506,15 @@ class Master:
             handle.task.cancel()
             handle.task.add_done_callback(lambda _: handle.channel.close())
         handle.settle(sys.maxsize, {"ok": False, "error": "worker exited"})
+        for frame in last_words:
+            if frame.kind == channel.METRICS:
+                self._metrics_reported(handle, frame.generation, frame.payload)
+        self.totals.retire(handle.pid)
+        self.facts.workers.pop(handle.pid, None)
+        for fut in handle.metric_asks.values():
+            if not fut.done():
+                fut.set_result(None)
+        handle.metric_asks.clear()
         now = time.monotonic()
         uptime = round(now - handle.started, 3)
         if self.stopping:
@@ -563,6 +615,8 @@ class Master:
         self.snapshot, self.digest = snapshot, digest
         results = await self._broadcast(self.generation, text, max(ACK_TIMEOUT_MIN, 5 * built))
         self.reloads_ok += 1
+        self.facts.reloads_ok, self.facts.last_reload_ok = self.reloads_ok, True
+        self._configure_pusher()
         failures = [r for r in results if not r.get("ok")]
         log(
             "reload",
@@ -583,6 +637,7 @@ class Master:
 
     def _failed(self, trigger: str, diagnostics: list[str], started: float) -> None:
         self.reloads_failed += 1
+        self.facts.reloads_failed, self.facts.last_reload_ok = self.reloads_failed, False
         log(
             "reload",
             level="error",
@@ -606,6 +661,8 @@ class Master:
             changed.append("ando.workers")
         if status_config(snapshot.node) != status_config(self.snapshot.node):
             changed.append("ando.observability.status")
+        if prometheus_config(snapshot.node) != prometheus_config(self.snapshot.node):
+            changed.append("ando.observability.prometheus")
         return changed
 
     async def _broadcast(
@@ -639,3 +696,57 @@ class Master:
             await handle.channel.send(channel.CONFIG, generation, payload)
         except OSError as e:  # the worker is gone; reaping answers its waiter
             handle.settle(generation, {"ok": False, "error": f"send failed: {e.strerror or e}"})
+
+    # --- metrics --------------------------------------------------------------------------
+
+    async def collect_metrics(self) -> bytes:
+        """The node's metrics page: ask every worker for its totals (at most ASK_TIMEOUT; one
+        that is late counts with its last report), add them up, render."""
+        loop = asyncio.get_running_loop()
+        self._asks += 1
+        ask = self._asks
+        waits = []
+        for handle in list(self.workers.values()):
+            if not handle.ready:
+                continue
+            fut: asyncio.Future[None] = loop.create_future()
+            handle.metric_asks[ask] = fut
+            waits.append(fut)
+            task = loop.create_task(self._ask(handle, ask))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+        if waits:
+            await asyncio.wait(waits, timeout=ASK_TIMEOUT)
+        for handle in self.workers.values():
+            handle.metric_asks.pop(ask, None)
+        return render(self.totals, self.facts, master_pid=self.pid)
+
+    async def _ask(self, handle: WorkerHandle, ask: int) -> None:
+        with contextlib.suppress(OSError):  # the worker is gone: reaping answers the ask
+            await handle.channel.send(channel.METRICS_ASK, ask)
+
+    def _metrics_reported(self, handle: WorkerHandle, ask: int, payload: bytes) -> None:
+        try:
+            report = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(report, dict):
+            self.totals.update(handle.pid, report)
+        fut = handle.metric_asks.pop(ask, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _configure_pusher(self) -> None:
+        """Start, restart or stop the VictoriaMetrics pusher as the config now says."""
+        conf = self.snapshot.node.observability.get("victoria_metrics")
+        current = self.vm_pusher
+        if current is not None and conf is not None and thaw(conf) == current.conf:
+            return
+        if current is not None:
+            task = asyncio.get_running_loop().create_task(current.stop())
+            self._sends.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self._sends.discard)  # type: ignore[arg-type]
+            self.vm_pusher = None
+        if conf is not None:
+            self.vm_pusher = VictoriaMetricsPusher(thaw(conf), self.collect_metrics, _master_log)
+            self.vm_pusher.start()

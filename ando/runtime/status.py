@@ -28,7 +28,6 @@ applied to everything else and reported as needing a restart.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from ando.config.addresses import parse_host_port
 from ando.config.snapshot import NodeSettings
 from ando.http.server import HttpConnection, Limits, Request, json_error
 from ando.runtime.listeners import address, bind_sockets
+from ando.runtime.sideserver import SideServer
 
 DEFAULT_LISTEN = "127.0.0.1:7085"  # schemas/resources/node.json's default (a unit test pins it)
 MAX_CONNECTIONS = 64  # probes open one connection each: more than this is a flood, not probes
@@ -85,64 +85,23 @@ def status_settings(node: NodeSettings) -> StatusSettings | None:
     return StatusSettings(host, port)
 
 
-class StatusServer:
+class StatusServer(SideServer):
     """The master's HTTP server for /status and /status/ready, on sockets bound by `bind`."""
 
+    limits = LIMITS
+    max_connections = MAX_CONNECTIONS
+    backlog = BACKLOG
+
     def __init__(self, settings: StatusSettings, sockets: list[socket.socket]) -> None:
+        super().__init__(settings.host, settings.port, sockets)
         self.settings = settings
         # Set by the master once it exists; until then (and if it never is) the node is not ready.
         self.readiness: Readiness = _not_yet
-        self._sockets = sockets
-        self._fds = [sock.fileno() for sock in sockets]  # uvloop serves on these very fds
-        self._servers: list[asyncio.AbstractServer] = []
-        self._connections: dict[_StatusConnection, int] = {}  # connection -> its socket's fd
-        self._closed = False
 
     @classmethod
     def bind(cls, settings: StatusSettings) -> StatusServer:
         """Bind now, before serving: raises listeners.BindError with the reason in words."""
         return cls(settings, bind_sockets(settings.host, settings.port, backlog=BACKLOG))
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            self._servers.append(await loop.create_server(self._connection, sock=sock))
-
-    def close(self) -> None:
-        """Stop listening and drop open connections (the master is about to exit)."""
-        if self._closed:
-            return
-        self._closed = True
-        for server in self._servers:
-            server.close()
-        if not self._servers:  # never started: the sockets are still ours to close
-            for sock in self._sockets:
-                sock.close()
-        for conn in list(self._connections):
-            conn.abort()
-
-    def inherited_fds(self) -> list[int]:
-        """Descriptors a forked worker must close at once: a worker holding the listening socket
-        would keep the port bound after the master is gone, and one holding an accepted
-        connection would keep the client from seeing it close."""
-        if self._closed:
-            return []
-        return [*self._fds, *self._connections.values()]
-
-    # --- connections and requests ------------------------------------------------------------
-
-    def _connection(self) -> _StatusConnection:
-        return _StatusConnection(self, LIMITS, on_close=self._forget)
-
-    def _opened(self, conn: _StatusConnection, transport: asyncio.BaseTransport) -> None:
-        if self._closed or len(self._connections) >= MAX_CONNECTIONS:
-            conn.abort()
-            return
-        sock = transport.get_extra_info("socket")
-        self._connections[conn] = sock.fileno() if sock is not None else -1
-
-    def _forget(self, conn: HttpConnection) -> None:
-        self._connections.pop(conn, None)  # type: ignore[call-overload]
 
     def on_request(self, conn: HttpConnection, req: Request) -> None:
         """Answer at once, from memory, and close: nothing here awaits or can fail slowly."""
@@ -165,23 +124,3 @@ class StatusServer:
 
 def _not_yet() -> tuple[bool, dict[str, Any]]:
     return False, {"status": "unavailable", "reason": "starting"}
-
-
-class _StatusConnection(HttpConnection):
-    """The data plane's strict HTTP/1 connection, counted and capped by its StatusServer."""
-
-    __slots__ = ("status_server",)
-
-    def __init__(
-        self,
-        status_server: StatusServer,
-        limits: Limits,
-        *,
-        on_close: Callable[[HttpConnection], None],
-    ) -> None:
-        super().__init__(status_server, limits, on_close=on_close)
-        self.status_server = status_server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.status_server._opened(self, transport)

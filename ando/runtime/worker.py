@@ -159,6 +159,8 @@ class Worker:
         close_logs = getattr(self.gateway, "close_logs", None)  # optional for a GatewayLike
         if close_logs is not None:
             await close_logs(LOG_FLUSH_TIMEOUT)
+        if reason != "master_gone":  # the last totals, so the node's counters keep them
+            await self._report_metrics(0)
         return EXIT_OK
 
     def _reopen_logs(self) -> None:
@@ -181,6 +183,24 @@ class Worker:
                 return
             if frame.kind == channel.CONFIG:
                 await self._apply(frame.generation, frame.payload)
+            elif frame.kind == channel.METRICS_ASK:
+                await self._report_metrics(frame.generation)
+
+    async def _report_metrics(self, ask: int) -> None:
+        """This worker's metric totals, for the master to add up (ando/runtime/metrics_server.py).
+        Optional for a GatewayLike: a gateway without metrics reports nothing."""
+        report = getattr(self.gateway, "metrics_report", None)
+        if report is None:
+            return
+        try:
+            payload = orjson.dumps(report())
+        except Exception:
+            log("worker_metrics_failed", level="error", pid=os.getpid(), error=_last_error())
+            payload = b"{}"
+        try:
+            await self.channel.send(channel.METRICS, ask, payload)
+        except OSError:
+            self._stop("master_gone")
 
     async def _apply(self, generation: int, payload: bytes) -> None:
         """Build the new snapshot in one go (CPU work on this loop, between requests), then swap.

@@ -139,9 +139,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The status endpoints (on by default, on one fixed port) are tested in test_status.py; here they
-# are off, so runtimes never collide on 127.0.0.1:7085.
-NO_STATUS = "  observability: {status: {enabled: false}}\n"
+# The status and metrics endpoints (on by default, on fixed ports) are tested in test_status.py and
+# test_metrics.py; here they are off, so runtimes never collide on 127.0.0.1:7085 or :9091.
+NO_STATUS = "  observability: {status: {enabled: false}, prometheus: {enabled: false}}\n"
 
 
 def config_text(port: int, *versions: str, workers: int = 2, extra: str = "") -> str:

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ando.runtime.status import DEFAULT_LISTEN
 from tests.support.client import Response, request
-from tests.support.gateway import ROOT, GatewayProcess, raw_request
+from tests.support.gateway import ROOT, GatewayProcess, raw_request, wait_for
 from tests.support.upstream import free_port
 
 
@@ -26,14 +25,6 @@ def config(up: dict[str, Any], **node: Any) -> dict[str, Any]:
         "ando": node,
         "routes": [{"id": "slow", "uri": "/delay", "upstream": up}],
     }
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def status(gw: GatewayProcess, path: str, method: str = "GET") -> Response:

@@ -1,4 +1,5 @@
-"""Run the real gateway (`python -m ando run -c FILE`) for black-box tests, on a free port.
+"""Run the real gateway (`python -m ando run -c FILE`, or another `ando` command such as the built
+binary: `command=`) for black-box tests, on a free port.
 
 The config is written as JSON (which is YAML), with `ando.listen` set to the chosen port, and the
 status endpoints (on by default, on 127.0.0.1:7085) moved to a free port too, so gateways started
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ class GatewayProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         access_log: bool = True,
+        command: Sequence[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.status_port = free_port()  # or the port the test's config sets (see render)
+        self.metrics_port = free_port()  # likewise, for ando.observability.prometheus
         self.tmp_path = tmp_path
         self.config_path = tmp_path / "ando.yaml"
         self.stdout_path = tmp_path / "gateway.stdout"
@@ -57,6 +61,9 @@ class GatewayProcess:
         self.env = env or {}
         self.workers = workers
         self.access_log = access_log
+        # What `ando` is: this checkout's package by default, the single-file binary in tests/e2e.
+        self.command = list(command) if command else [sys.executable, "-m", "ando"]
+        self.cwd = cwd or ROOT
         self.proc: subprocess.Popen | None = None
         self.write_config(config)
 
@@ -73,6 +80,11 @@ class GatewayProcess:
             self.status_port = int(str(status["listen"]).rpartition(":")[2])
         else:
             status["listen"] = f"127.0.0.1:{self.status_port}"
+        prometheus = observability.setdefault("prometheus", {})
+        if "listen" in prometheus:
+            self.metrics_port = int(str(prometheus["listen"]).rpartition(":")[2])
+        else:
+            prometheus["listen"] = f"127.0.0.1:{self.metrics_port}"
         return full
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -84,12 +96,12 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         env = {**os.environ, **self.env}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            cmd = [sys.executable, "-m", "ando", "run", "-c", str(self.config_path)]
+            cmd = [*self.command, "run", "-c", str(self.config_path)]
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=out,
                 stderr=err,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=env,
                 start_new_session=True,
             )
@@ -183,6 +195,15 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `check` (bounded) until it holds; fail the test naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def raw_request(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool = True) -> bytes:
