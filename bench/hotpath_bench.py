@@ -6,7 +6,8 @@ No syscalls and no event-loop turns are involved, so this isolates the per-reque
 that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). `--profile`
 prints cProfile's top functions instead (its overhead inflates every number; read it for
 proportions). `--chain` puts `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite,
-cors, request-id) on the route. Not a test: quote medians of several runs.
+cors, request-id) on the route; `--prometheus` the prometheus plugin alone (its added cost is the
+difference to a plain run). Not a test: quote medians of several runs.
 """
 
 from __future__ import annotations
@@ -84,8 +85,16 @@ class FakeTransport:
     abort = close
 
 
-async def run(n: int, runs: int, profile: bool, chain: bool) -> None:
+PROMETHEUS = """
+    plugins:
+      prometheus: {}
+"""
+
+
+async def run(n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False) -> None:
     text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
+    if prometheus:
+        text = CONFIG.rstrip("\n") + PROMETHEUS
     gw = Gateway(snapshot_from_text(text, "bench.yaml", environ={}))
     assert gw.config is not None
     client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()
@@ -130,8 +139,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--chain", action="store_true", help="with the 5-plugin chain")
+    parser.add_argument("--prometheus", action="store_true", help="with the prometheus plugin")
     args = parser.parse_args()
-    uvloop.run(run(args.n, args.runs, args.profile, args.chain))
+    uvloop.run(run(args.n, args.runs, args.profile, args.chain, args.prometheus))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ def server_context(table: Callable[[], CertTable]) -> ssl.SSLContext:
         _load(base, *pair)
 
     def on_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        # The server side of an SSLObject does not keep the name the client asked for; the
+        # access log reads it from here (ando/observability/access_log.py, add_tls).
+        sslobj.ando_sni = name  # type: ignore[attr-defined]
         chosen = table().match(name)
         if chosen is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME

@@ -172,13 +172,15 @@ class AccessLog:
 
 
 def add_tls(record: dict[str, Any], transport: Any) -> None:
-    """The TLS facts of an https request's connection: protocol version and cipher suite."""
+    """The TLS facts of an https request's connection: protocol version, cipher suite and the
+    server name (SNI) the client asked for, when it sent one."""
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_object is None:
         return
     record["tls_protocol"] = ssl_object.version()
     cipher = ssl_object.cipher()
     record["tls_cipher"] = cipher[0] if cipher else None
+    record["tls_sni"] = getattr(ssl_object, "ando_sni", None)
 
 
 def configure(

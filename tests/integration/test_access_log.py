@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import time
 
 from tests.support.gateway import GatewayProcess
@@ -122,12 +123,16 @@ def _https_get(port: int, path: str, server_name: str) -> int:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
-    try:
-        conn.request("GET", path, headers={"Host": server_name})
-        return conn.getresponse().status
-    finally:
-        conn.close()
+    # Connected by address, naming the server in SNI as a client that resolved it would.
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        tls.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode()
+        )
+        head = tls.recv(65536)
+        return int(head.split(b" ", 2)[1])
 
 
 def test_route_name_redaction_tls_and_reopen_on_sigusr1(tmp_path):
@@ -198,6 +203,7 @@ def test_route_name_redaction_tls_and_reopen_on_sigusr1(tmp_path):
             tls_line = by_path["/api/tls"]
             assert tls_line["tls_protocol"] in ("TLSv1.2", "TLSv1.3")
             assert tls_line["tls_cipher"]
+            assert tls_line["tls_sni"] == "tls.example.com"
             assert "tls_protocol" not in by_path["/api/x"]  # plain HTTP: no TLS facts
 
             # logrotate: move the file, SIGUSR1 to the master, which forwards it to workers.
