@@ -119,6 +119,7 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
 class RouteRuntime:
     __slots__ = (
         "chain",
+        "configured",
         "id",
         "metrics",
         "name",
@@ -147,6 +148,9 @@ class RouteRuntime:
         base = upstream.timeout if upstream is not None else None
         self.timeout = record.timeout or base or DEFAULT_TIMEOUT
         self.metrics: RouteMetrics | None = None  # set when the prometheus plugin counts it
+        # Every configured plugin, for `ando explain`: `chain` is None when none of them runs
+        # in a phase (prometheus alone is served by the gateway itself).
+        self.configured = chain
 
 
 def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
@@ -168,7 +172,15 @@ def enabled_plugins(snapshot: Snapshot) -> Mapping[str, type[Plugin]]:
 
 
 class RuntimeConfig:
-    __slots__ = ("global_chain", "global_metrics", "router", "routes", "snapshot", "upstreams")
+    __slots__ = (
+        "global_chain",
+        "global_configured",
+        "global_metrics",
+        "router",
+        "routes",
+        "snapshot",
+        "upstreams",
+    )
 
     def __init__(
         self,
@@ -205,14 +217,14 @@ class RuntimeConfig:
             log=log,
             worker_cache=worker_cache,
         )
-        self.global_chain = chains.global_chain
+        glob = self.global_configured = chains.global_chain
         counting = "prometheus" in chains.classes
         # Unmatched requests are counted (under route "") when a global rule has the plugin.
         self.global_metrics = bool(
-            counting
-            and chains.global_chain is not None
-            and chains.global_chain.configured("prometheus") is not None
+            counting and glob is not None and glob.configured("prometheus") is not None
         )
+        # Global rules that run nothing (only prometheus, say) leave 404s on the fast path.
+        self.global_chain = glob if glob is not None and glob.has_phases else None
         routes: list[RouteRuntime] = []
         entries: list[RouteEntry] = []
         for r in snapshot.routes:
@@ -220,9 +232,9 @@ class RuntimeConfig:
             upstream = _resolve_upstream(r, service, shared, service_ups)
             chain = chains.route_chain(r, service)
             prom = chain.configured("prometheus") if counting and chain is not None else None
-            if chain is not None and not chain.has_phases:
-                chain = None  # e.g. only prometheus: counted by the gateway, no plugin path
             rt = RouteRuntime(r, service, upstream, chain)
+            if chain is not None and not chain.has_phases:
+                rt.chain = None  # e.g. only prometheus: counted by the gateway, no plugin path
             routes.append(rt)
             hosts = r.hosts if r.hosts is not None else (service.hosts if service else None)
             if prom is not None:

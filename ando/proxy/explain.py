@@ -127,8 +127,8 @@ def explain(
             }
         )
     if winner is None:
-        if config.global_chain is not None:
-            out.plugins = config.global_chain.describe()
+        if config.global_configured is not None:
+            out.plugins = config.global_configured.describe()
         out.outcome = '404 {"error_msg":"404 Route Not Found"}' + (
             " (after the global rules' plugins)" if out.plugins else ""
         )
@@ -142,7 +142,7 @@ def explain(
         "priority": rec.priority,
         "enable_websocket": winner.websocket,
     }
-    out.plugins = winner.chain.describe() if winner.chain is not None else []
+    out.plugins = winner.configured.describe() if winner.configured is not None else []
     up = winner.upstream
     if up is None:
         out.outcome = "503: the route has no upstream (missing upstream configuration)"

@@ -162,7 +162,9 @@ class Gateway:
                 self._with_plugins(conn, req, v, None, config.global_chain)
                 return
             sent = conn.send_simple(req, 404, _NOT_FOUND)
-            self._log(req, 404, sent, None, None)
+            self._log(
+                req, 404, sent, None, None, metric=UNMATCHED if config.global_metrics else None
+            )
             return
         route = match.entry.payload
         v.route_id = route.id
