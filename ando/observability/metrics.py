@@ -28,13 +28,11 @@ BUCKETS_MS: tuple[float, ...] = (
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000,
 )  # fmt: skip
 DEFAULT_MAX_SERIES = 10_000
-_NB = len(BUCKETS_MS) + 1  # the last slot is +Inf
-# Layout of one latency/bandwidth series: per type (request, upstream, ando) the bucket counts,
-# then the sum and the count; then ingress and egress bytes.
+_NB = len(BUCKETS_MS) + 1  # bucket slots per histogram; the last one is +Inf
+# A series' values as the master receives them (dump): per type (request, upstream, ando) the
+# bucket counts (not cumulative), the sum and the count; then ingress and egress bytes.
 _REQ, _UP, _ANDO = 0, _NB + 2, 2 * (_NB + 2)
-_INGRESS = 3 * (_NB + 2)
-_EGRESS = _INGRESS + 1
-_WIDTH = _EGRESS + 1
+_WIDTH = 3 * (_NB + 2) + 2
 LATENCY_TYPES = (("request", _REQ), ("upstream", _UP), ("ando", _ANDO))
 
 RouteKey = tuple[str, str, str, str]  # route, matched_uri, matched_host, service
@@ -80,17 +78,38 @@ class RouteMetrics:
         return ""
 
 
+class _Series:
+    """One (route, consumer, node): its status codes, histograms and bytes."""
+
+    __slots__ = ("ando", "ando_sum", "codes", "egress", "ingress", "req", "req_sum", "up", "up_sum")
+
+    def __init__(self) -> None:
+        self.codes: dict[int, int] = {}
+        self.req = [0] * _NB
+        self.up = [0] * _NB
+        self.ando = [0] * _NB
+        self.req_sum = self.up_sum = self.ando_sum = 0.0
+        self.ingress = self.egress = 0
+
+    def values(self) -> list[float]:
+        out: list[float] = []
+        hists = ((self.req, self.req_sum), (self.up, self.up_sum), (self.ando, self.ando_sum))
+        for counts, total in hists:
+            out += counts
+            out += (total, sum(counts))
+        out += (self.ingress, self.egress)
+        return out
+
+
 class WorkerMetrics:
     """This worker's totals since it started. `record` is on the request path."""
 
-    __slots__ = ("_series", "_status", "dropped", "max_series")
+    __slots__ = ("_series", "_statuses", "dropped", "max_series")
 
     def __init__(self, max_series: int = DEFAULT_MAX_SERIES) -> None:
         self.max_series = max_series
-        # (code, route key, consumer, node) -> requests
-        self._status: dict[tuple[int, RouteKey, str, str], int] = {}
-        # (route key, consumer, node) -> histograms and byte counts (layout above)
-        self._series: dict[tuple[RouteKey, str, str], list[float]] = {}
+        self._series: dict[tuple[RouteKey, str, str], _Series] = {}
+        self._statuses = 0  # (series, code) pairs recorded
         self.dropped = 0  # label sets not recorded because a table was full
 
     def record(
@@ -105,47 +124,43 @@ class WorkerMetrics:
         egress: int,
     ) -> None:
         """One finished request. Latencies in seconds (recorded in ms, as APISIX does)."""
-        status = self._status
-        key = (code, route, consumer, node)
-        n = status.get(key)
-        if n is not None:
-            status[key] = n + 1
-        elif len(status) < self.max_series:
-            status[key] = 1
-        else:
-            self.dropped += 1
-        skey = (route, consumer, node)
-        s = self._series.get(skey)
+        key = (route, consumer, node)
+        s = self._series.get(key)
         if s is None:
             if len(self._series) >= self.max_series:
                 self.dropped += 1
                 return
-            s = self._series[skey] = [0] * _WIDTH
+            s = self._series[key] = _Series()
+        codes = s.codes
+        n = codes.get(code)
+        if n is not None:
+            codes[code] = n + 1
+        elif self._statuses < self.max_series:
+            codes[code] = 1
+            self._statuses += 1
+        else:
+            self.dropped += 1
         ms = latency * 1000.0
-        s[bisect_left(BUCKETS_MS, ms)] += 1
-        s[_NB] += ms
-        s[_NB + 1] += 1
+        s.req[bisect_left(BUCKETS_MS, ms)] += 1
+        s.req_sum += ms
         if upstream_latency is not None:
             ums = upstream_latency * 1000.0
-            s[_UP + bisect_left(BUCKETS_MS, ums)] += 1
-            s[_UP + _NB] += ums
-            s[_UP + _NB + 1] += 1
+            s.up[bisect_left(BUCKETS_MS, ums)] += 1
+            s.up_sum += ums
             ms = ms - ums if ms > ums else 0.0
-        s[_ANDO + bisect_left(BUCKETS_MS, ms)] += 1
-        s[_ANDO + _NB] += ms
-        s[_ANDO + _NB + 1] += 1
-        s[_INGRESS] += ingress
-        s[_EGRESS] += egress
+        s.ando[bisect_left(BUCKETS_MS, ms)] += 1
+        s.ando_sum += ms
+        s.ingress += ingress
+        s.egress += egress
 
     def dump(self) -> dict[str, Any]:
         """Everything recorded so far, as JSON-able lists (for the master)."""
-        return {
-            "status": [
-                [c, *route, who, node, n] for (c, route, who, node), n in self._status.items()
-            ],
-            "series": [[*route, who, node, *s] for (route, who, node), s in self._series.items()],
-            "dropped": self.dropped,
-        }
+        status = []
+        series = []
+        for (route, who, node), s in self._series.items():
+            status += [[code, *route, who, node, n] for code, n in s.codes.items()]
+            series.append([*route, who, node, *s.values()])
+        return {"status": status, "series": series, "dropped": self.dropped}
 
 
 def request_length(
