@@ -59,6 +59,16 @@ class NodeTotals:
         for name, n in report.get("log_dropped", {}).items():
             self._retired_log_drops[name] = self._retired_log_drops.get(name, 0) + n
 
+    def upstream_status(self) -> dict[tuple[str, str, int], int]:
+        """(upstream, ip, port) -> 1 healthy, 0 unhealthy: a node is down for the node when any
+        live worker's health checks found it down (each worker checks for itself)."""
+        out: dict[tuple[str, str, int], int] = {}
+        for report in self.latest.values():
+            for name, ip, port, up in report.get("upstream_status", ()):
+                key = (name, ip, port)
+                out[key] = min(out.get(key, 1), up)
+        return out
+
     def merged(self) -> tuple[Table, dict[str, float], dict[str, float]]:
         """(label table, plain counters and gauges, log lines dropped per pusher) for the node."""
         table = {k: list(v) for k, v in self._retired_table.items()}
@@ -172,6 +182,10 @@ def render(totals: NodeTotals, facts: NodeFacts, *, master_pid: int | None = Non
     _family(out, "ando_http_requests_total", "gauge", "Requests received by the node.")
     _sample(out, "ando_http_requests_total", {}, counts.get("requests", 0))
 
+    doc = "Health of upstream nodes with health checks: 1 healthy, 0 unhealthy."
+    _family(out, "ando_upstream_status", "gauge", doc)
+    for (name, ip, port), up in sorted(totals.upstream_status().items()):
+        _sample(out, "ando_upstream_status", {"name": name, "ip": ip, "port": str(port)}, up)
     _family(
         out,
         "ando_metrics_series_dropped",

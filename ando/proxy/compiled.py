@@ -27,6 +27,7 @@ from ando.plugins.chain import ChainBuilder, PluginChain
 from ando.plugins.registry import builtin_plugins
 from ando.plugins.shared import SharedDict
 from ando.proxy.balancer import Balancer, Node, make_balancer
+from ando.proxy.health import HealthChecker
 from ando.proxy.variables import Vars
 from ando.router.expr import compile_expr
 from ando.router.ipset import IPSet
@@ -38,6 +39,7 @@ DEFAULT_TIMEOUT = Timeout(60.0, 60.0, 60.0)
 class UpstreamRuntime:
     __slots__ = (
         "balancer",
+        "health",
         "id",
         "max_attempts",
         "node_hosts",
@@ -55,6 +57,7 @@ class UpstreamRuntime:
     def __init__(self, record: Upstream) -> None:
         self.record = record
         self.id = record.id
+        self.health: HealthChecker | None = None  # when `checks` is set (ando/proxy/health.py)
         self.nodes = tuple(Node(n.host, n.port, n.weight, n.priority) for n in record.nodes)
         self.balancer: Balancer = make_balancer(
             record.type, self.nodes, hash_key=_hash_key(record) if record.type == "chash" else None
@@ -176,6 +179,7 @@ class RuntimeConfig:
         "global_chain",
         "global_configured",
         "global_metrics",
+        "health_checked",
         "router",
         "routes",
         "snapshot",
@@ -227,12 +231,21 @@ class RuntimeConfig:
         self.global_chain = glob if glob is not None and glob.has_phases else None
         routes: list[RouteRuntime] = []
         entries: list[RouteEntry] = []
+        # Upstreams with health checks, named as APISIX names them in apisix_upstream_status.
+        checked: list[tuple[str, UpstreamRuntime]] = [
+            (f"/upstreams/{uid}", u) for uid, u in shared.items() if u.record.checks is not None
+        ]
+        checked += [
+            (f"/services/{sid}", u) for sid, u in service_ups.items() if u.record.checks is not None
+        ]
         for r in snapshot.routes:
             service = snapshot.services.get(r.service_id) if r.service_id else None
             upstream = _resolve_upstream(r, service, shared, service_ups)
             chain = chains.route_chain(r, service)
             prom = chain.configured("prometheus") if counting and chain is not None else None
             rt = RouteRuntime(r, service, upstream, chain)
+            if r.upstream is not None and upstream is not None and r.upstream.checks is not None:
+                checked.append((f"/routes/{r.id}", upstream))
             if chain is not None and not chain.has_phases:
                 rt.chain = None  # e.g. only prometheus: counted by the gateway, no plugin path
             routes.append(rt)
@@ -255,6 +268,7 @@ class RuntimeConfig:
                 )
             )
         self.routes = tuple(routes)
+        self.health_checked = tuple(checked)
         self.router = Router(entries)
 
 

@@ -27,6 +27,7 @@ from ando.http.upstream import UpstreamConnection, open_connection
 from ando.plugins.context import RequestContext
 from ando.proxy.balancer import NOTHING_TRIED, Node
 from ando.proxy.compiled import RouteRuntime, UpstreamRuntime
+from ando.proxy.health import HTTP_FAILURE, TCP_FAILURE, TIMEOUT
 from ando.proxy.pipeline import PluginFailed, filter_body, filter_head
 from ando.proxy.variables import Vars
 
@@ -73,6 +74,11 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 
 # States
 _CONNECTING, _SENDING, _WAITING, _RESPONDING, _TUNNEL, _DONE = range(6)
+
+
+# How a failed attempt counts for passive health checks: a response that breaks HTTP is an
+# HTTP failure, a read past its deadline a timeout, anything else a failed connection.
+_PASSIVE_OUTCOME = {"timeout": TIMEOUT, "invalid": HTTP_FAILURE}
 
 
 def _target_bytes(uri: str) -> bytes:
@@ -523,6 +529,9 @@ class ProxyExchange:
     ) -> None:
         self.upstream_status = status
         self.upstream_latency = time.monotonic() - self.upstream_start
+        health = self.upstream.health
+        if health is not None:
+            health.passive_status(self.node, status)  # type: ignore[arg-type]
         req = self.req
         if status == 101 and not self.upgrade:
             # An upgrade nobody asked for (or not allowed on this route): refuse it.
@@ -798,6 +807,8 @@ class ProxyExchange:
                 self.counted = True
             self._release_node(failed=True)
             self.gateway.log_event("upstream_failed", node=node.addr, kind=kind, detail=message)
+            if up.health is not None:
+                up.health.passive(node, _PASSIVE_OUTCOME.get(kind, TCP_FAILURE))
         if kind != "invalid" and self.attempts < up.max_attempts and within and replayable:
             self._attempt()
             return

@@ -28,6 +28,7 @@ from ando.plugins.context import RequestContext, header_bytes
 from ando.plugins.shared import SharedDict
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.exchange import ProxyExchange
+from ando.proxy.health import HealthRegistry
 from ando.proxy.pipeline import (
     UNMATCHED_STAGES,
     BodyCollector,
@@ -79,6 +80,7 @@ class Gateway:
         self.accepted = 0  # connections, since the worker started
         self.requests = 0  # requests, since the worker started
         self.metrics = WorkerMetrics(max_series_of(snapshot.node.observability))
+        self.health = HealthRegistry(self.log_event)
         self.draining = False
         self._tracked: set[ProxyExchange] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -100,6 +102,7 @@ class Gateway:
             log=self.log_event,
             worker_cache=self.worker_cache,
         )
+        self.health.sync(config.health_checked)
         limits = limits_from(snapshot.node.limits)
         certs = self.certs
         if certs is None or self.config is None or snapshot.ssls != self.config.snapshot.ssls:
@@ -499,6 +502,7 @@ class Gateway:
             "writing": writing,
             "waiting": waiting,
             "log_dropped": batch.dropped_by_pusher(),
+            "upstream_status": self.health.status(),
         }
 
     def log_event(self, event: str, level: str = "warn", **fields: Any) -> None:
@@ -540,6 +544,7 @@ class Gateway:
 
     def begin_drain(self) -> None:
         self.draining = True
+        self.health.stop_all()
         for conn in list(self.connections):
             conn.begin_drain()
         self.pool.close_all()
