@@ -1,4 +1,4 @@
-"""The `ando` command: validate, run, reload, explain, schema, init, version.
+"""The `ando` command: validate, run, reload, explain, schema, init, health, version.
 
 Exit codes are part of the interface (CI scripts branch on them): 0 success, 1 the config is
 invalid, 2 bad usage or a file that cannot be read.
@@ -17,6 +17,7 @@ import orjson
 from ando import __version__
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+DEFAULT_HEALTH_URL = "http://127.0.0.1:7085/status/ready"  # ando.observability.status's default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument("dir", nargs="?", default=".", metavar="DIR")
     i.add_argument("--force", action="store_true", help="replace an existing ando.yaml")
+    k = sub.add_parser(
+        "health",
+        help="probe a running node's readiness (for container HEALTHCHECKs): exit 0 if ready",
+    )
+    k.add_argument("url", nargs="?", default=DEFAULT_HEALTH_URL, metavar="URL")
+    k.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -77,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schema(args.name, args.list)
         if args.command == "init":
             return _init(args.dir, args.force)
+        if args.command == "health":
+            return _health(args.url, args.timeout)
         if args.command == "version":
             print(
                 f"ando {__version__} (Python {platform.python_version()}, "
@@ -94,6 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 70
     print("ando: missing command (try 'ando --help')", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _health(url: str, timeout: float) -> int:
+    """One GET of the status endpoint, standard library only and without reading any config, so
+    a distroless image's HEALTHCHECK can run the binary itself: 0 when it answers 200, 1 for any
+    other answer (503 while draining) or none, 2 for a URL that is not http://host[:port]/path."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or timeout <= 0:
+        print(f"ando: health: expected http://HOST[:PORT]/PATH, got {url!r}", file=sys.stderr)
+        return EXIT_USAGE
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        resp = conn.getresponse()
+        body = resp.read(4096).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as e:
+        print(f"ando: health: {url}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    finally:
+        conn.close()
+    print(f"{resp.status} {body}")
+    return EXIT_OK if resp.status == 200 else EXIT_INVALID
 
 
 def _load(file: str):  # -> Snapshot, but imported lazily to keep `ando version` instant

@@ -109,6 +109,7 @@ def run(
         _close(status, metrics)
         return EXIT_INVALID
     master_pid = os.getpid()
+    _follow_bootloader()
     loop = uvloop.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
@@ -118,6 +119,24 @@ def run(
         if os.getpid() == master_pid:  # workers never get here (they os._exit), but be sure
             remove_pid_file(pid_path, master_pid)
             loop.close()
+
+
+def _follow_bootloader() -> None:
+    """In the single-file binary, the master is a child of PyInstaller's bootloader, which
+    forwards signals but cannot forward SIGKILL: if it is killed, the master must not be left
+    running without it. Ask the kernel for a SIGTERM (a drain) when the bootloader dies."""
+    if not getattr(sys, "frozen", False) or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _bind_status(snapshot: Snapshot) -> tuple[StatusServer | None, str | None]:

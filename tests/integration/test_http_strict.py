@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
+from tests.support.procs import descendants
 from tests.support.upstream import UpstreamServer
 
 # Limits of the strict gateway: small, so tests cross them cheaply.
@@ -1111,26 +1112,6 @@ def test_close_delimited_response_to_http11_client_is_chunked(env):
 STREAM_MB = 200
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -1143,7 +1124,7 @@ def _rss_kb(pid: int) -> int:
 
 def _gateway_rss_kb(gw: GatewayProcess) -> int:
     assert gw.proc is not None
-    pids = [gw.proc.pid, *_descendants(gw.proc.pid)]
+    pids = [gw.proc.pid, *descendants(gw.proc.pid)]
     return sum(_rss_kb(p) for p in pids)
 
 

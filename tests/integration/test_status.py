@@ -233,3 +233,17 @@ def _holds(pid: int, inode: str) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_the_health_command_exits_0_only_while_ready(tmp_path, up):
+    def health(url: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "ando", "health", url, "--timeout", "3"]
+        return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+    with GatewayProcess(config(up, workers=1), tmp_path) as gw:
+        wait_for(lambda: ready(gw), "/status/ready to be 200")
+        ok = health(f"http://127.0.0.1:{gw.status_port}/status/ready")
+        assert ok.returncode == 0 and ok.stdout.startswith('200 {"status":"ok"')
+    gone = health(f"http://127.0.0.1:{gw.status_port}/status/ready")
+    assert gone.returncode == 1 and gone.stderr.startswith("ando: health: ")
+    assert health("https://127.0.0.1/status/ready").returncode == 2
