@@ -7,7 +7,8 @@ that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). 
 prints cProfile's top functions instead (its overhead inflates every number; read it for
 proportions). `--chain` puts `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite,
 cors, request-id) on the route; `--prometheus` the prometheus plugin alone (its added cost is the
-difference to a plain run). Not a test: quote medians of several runs.
+difference to a plain run), `--lua` the hello_world Lua plugin. Not a test: quote medians of several
+runs.
 """
 
 from __future__ import annotations
@@ -89,12 +90,22 @@ PROMETHEUS = """
     plugins:
       prometheus: {}
 """
+LUA = """
+    plugins:
+      hello-world: {}
+"""
 
 
-async def run(n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False) -> None:
+async def run(
+    n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False, lua: bool = False
+) -> None:
     text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
     if prometheus:
         text = CONFIG.rstrip("\n") + PROMETHEUS
+    if lua:
+        text = CONFIG.replace(
+            "ando: {observability:", "ando: {lua: {plugins: [examples.hello_world]}, observability:"
+        ).rstrip("\n") + LUA
     gw = Gateway(snapshot_from_text(text, "bench.yaml", environ={}))
     assert gw.config is not None
     client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()
@@ -140,8 +151,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--chain", action="store_true", help="with the 5-plugin chain")
     parser.add_argument("--prometheus", action="store_true", help="with the prometheus plugin")
+    parser.add_argument("--lua", action="store_true", help="with the hello_world Lua plugin")
     args = parser.parse_args()
-    uvloop.run(run(args.n, args.runs, args.profile, args.chain, args.prometheus))
+    uvloop.run(run(args.n, args.runs, args.profile, args.chain, args.prometheus, args.lua))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,24 @@ def _close(*servers: StatusServer | MetricsServer | None) -> None:
             server.close()
 
 
+def not_in_effect(snapshot: Snapshot) -> list[str]:
+    """Settings the file may hold (they are APISIX's, and valid) that this build does not act on
+    yet: said at start and on each reload, so nobody believes a node follows etcd when it
+    serves its file."""
+    out = []
+    if snapshot.node.etcd is not None:
+        out.append("ando.etcd: the config is read from the file only (etcd mode is not built yet)")
+    if snapshot.node.admin.get("enabled"):
+        out.append("ando.admin: the Admin API is not built yet; nothing listens for it")
+    return out
+
+
+def _warn_not_in_effect(snapshot: Snapshot) -> None:
+    settings = not_in_effect(snapshot)
+    if settings:
+        log("settings_not_in_effect", level="warn", pid=os.getpid(), settings=settings)
+
+
 def _master_log(event: str, level: str = "info", **fields: object) -> None:
     log(event, level=level, pid=os.getpid(), **fields)
 
@@ -308,6 +326,7 @@ class Master:
             status=self.status.settings.address if self.status is not None else None,
             metrics=self.metrics.address if self.metrics is not None else None,
         )
+        _warn_not_in_effect(self.snapshot)
         for slot in range(self.size):
             self._respawn(slot, None)
         self._configure_pusher()
@@ -636,6 +655,7 @@ class Master:
         self.reloads_ok += 1
         self.facts.reloads_ok, self.facts.last_reload_ok = self.reloads_ok, True
         self._configure_pusher()
+        _warn_not_in_effect(snapshot)
         failures = [r for r in results if not r.get("ok")]
         log(
             "reload",

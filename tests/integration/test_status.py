@@ -247,3 +247,15 @@ def test_the_health_command_exits_0_only_while_ready(tmp_path, up):
     gone = health(f"http://127.0.0.1:{gw.status_port}/status/ready")
     assert gone.returncode == 1 and gone.stderr.startswith("ando: health: ")
     assert health("https://127.0.0.1/status/ready").returncode == 2
+
+
+def test_settings_this_build_does_not_act_on_are_said_at_start_and_reload(tmp_path, up):
+    cfg = config(up, workers=1, etcd={"hosts": ["http://127.0.0.1:2379"]}, admin={"enabled": True})
+    with GatewayProcess(cfg, tmp_path) as gw:
+        said = gw.wait_events("settings_not_in_effect", lambda e: True, 5)
+        assert said and said[0]["level"] == "warn"
+        assert [s.split(":")[0] for s in said[0]["settings"]] == ["ando.etcd", "ando.admin"]
+        assert request(gw.port, "GET", "/delay?ms=1").status == 200  # the file is served
+        gw.write_config(config(up, workers=1))
+        assert gw.wait_events("reload", lambda e: e.get("result") == "ok", 10)
+        assert len(gw.events("settings_not_in_effect")) == 1  # gone with the settings
