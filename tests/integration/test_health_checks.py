@@ -171,3 +171,34 @@ def test_passive_checks_take_out_a_node_that_answers_badly_and_a_reload_remember
             served = sick.served
             assert served_by(gw, 10) == [(200, "a")] * 10
             assert sick.served == served
+
+
+def test_one_probe_of_each_kind_against_real_sockets(node_a):
+    """What a single active probe concludes: answered, refused, silent, or a bad status."""
+    import asyncio
+
+    from ando.proxy.balancer import Node
+    from ando.proxy.health import HTTP_FAILURE, SUCCESS, TCP_FAILURE, TIMEOUT, HealthChecker
+
+    silent = socket.socket()  # accepts (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    up = Node("127.0.0.1", node_a.port, 1, 0)
+
+    def probe(node: Node, **active: Any) -> str:
+        checker = HealthChecker("/t", {"active": {"timeout": 0.5, **active}}, (node,), print)
+        return asyncio.run(checker.probe(node))
+
+    try:
+        assert probe(up, http_path="/status/200") == SUCCESS
+        assert probe(up, http_path="/status/500") == HTTP_FAILURE
+        assert probe(up, type="tcp") == SUCCESS
+        assert probe(Node("127.0.0.1", closed_port, 1, 0), type="tcp") == TCP_FAILURE
+        assert probe(Node("127.0.0.1", silent.getsockname()[1], 1, 0)) == TIMEOUT
+        assert probe(up, http_path="/status/200", port=closed_port) == TCP_FAILURE
+    finally:
+        silent.close()

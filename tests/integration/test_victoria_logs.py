@@ -195,10 +195,14 @@ def test_a_stalled_victoria_logs_slows_no_request_and_drops_are_counted(tmp_path
                 time.sleep(0.05)
             dropped = gw.events("log_entries_dropped")
             failed = gw.events("log_push_failed")
+            metrics = request(gw.metrics_port, "GET", "/metrics").body.decode()
     assert slowest < 0.5, f"a request took {slowest:.3f}s while VictoriaLogs stalled"
     assert elapsed < 15
     assert dropped and dropped[0]["pusher"] == "victoria_logs" and dropped[0]["dropped"] > 0
     assert dropped[0]["max_pending"] == 50
+    # The metric counts at least what the first drop event reported.
+    line = next(ln for ln in metrics.splitlines() if ln.startswith("ando_log_entries_dropped{"))
+    assert 'pusher="victoria_logs"' in line and float(line.split()[-1]) >= dropped[0]["dropped"]
     assert failed and "no answer within 1s" in failed[0]["error"]
     assert len(vl.requests) >= 1  # it was tried (and held) while requests went on
 

@@ -186,3 +186,12 @@ def test_a_victoria_metrics_that_never_answers_slows_nothing(tmp_path, up):
         for conn in accepted:
             conn.close()
         hole.close()
+
+
+def test_the_last_totals_are_pushed_at_shutdown(tmp_path, up, vm):
+    # An interval far beyond the test: only the push made after the drain can bring the counts.
+    with GatewayProcess(config(up, vm.url, interval=3600), tmp_path, workers=2) as gw:
+        for _ in range(9):
+            assert get(gw, "/r") == 200
+        assert gw.stop() == 0
+    wait_for(lambda: vm.scalar('sum(ando_http_status{route="r"})') == 9, "9 requests", 30)
