@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from ando.lua.pdk import _CTX_KEY, CURRENT, lua_ctx
+from ando.lua.pdk import _CTX_KEY, CURRENT
 from ando.lua.runtime import LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
@@ -54,19 +54,28 @@ class LuaPlugin(Plugin):
         super().__init__(conf, build)
         st = self.lua_state
         lconf = st.to_lua(conf)  # once per configuration
-        self._bound = {phase: st.bind(fn, lconf) for phase, fn in self.lua_functions.items()}
+        # Phases that may wait for the request body run in a coroutine; the others directly.
+        self._bound = {
+            phase: (st.bind if phase in _MAY_WAIT else st.bind_direct)(fn, lconf)
+            for phase, fn in self.lua_functions.items()
+        }
         self._log = build.log
         CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
     def _invoke(
         self, phase: str, ctx: RequestContext, head: ResponseHead | None, wait: bool = False
     ) -> Any:
-        lctx = lua_ctx(ctx, self.lua_state.new_ctx)
-        CURRENT.enter(ctx, head, self._log, self.name, wait)
+        data = ctx.data
+        lctx = data.get(_CTX_KEY)
+        if lctx is None:
+            lctx = data[_CTX_KEY] = self.lua_state.new_ctx()
+        cur = CURRENT  # CURRENT.enter / leave, inlined: this is every Lua call's path
+        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
         try:
             result = self._bound[phase](lctx)
         finally:
-            CURRENT.leave()
+            cur.ctx = cur.head = cur.log = None
+            cur.wait = False
         if result.__class__ is tuple and result[0] == 2:
             raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {text(result[1])}")
         return result
@@ -115,6 +124,9 @@ def answer(st: LuaState, name: str, status: Any, body: Any, headers: Any = None)
         # header names and values as their bytes (latin-1, as the gateway's headers)
         hdrs = {str(k): str(v) for k, v in headers.items()}
     return Response(int(status), plain, hdrs or None)
+
+
+_MAY_WAIT = frozenset({"rewrite", "access", "before_proxy"})
 
 
 def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Any]:

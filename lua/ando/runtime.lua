@@ -322,6 +322,23 @@ function M.bind(pdk, fn, conf, budget)
     end
 end
 
+-- The same for the phases that can never wait (header_filter, body_filter, log): called
+-- directly, without a coroutine, which saves a resume and a yield per call. `M.phase_co` is
+-- false meanwhile, so ando.request.get_body() refuses to wait rather than yield from the main
+-- thread.
+function M.bind_direct(pdk, fn, conf, budget)
+    return function(ctx)
+        pdk.ctx = ctx
+        M.phase_co = false
+        exhausted = false
+        sethook(budget_hook, "", budget)
+        local ok, r1, r2, r3 = raw_xpcall(fn, handler, conf, ctx)
+        sethook()
+        M.phase_co = nil
+        return outcome(ok, r1, r2, r3)
+    end
+end
+
 -- The table a request's Lua plugins share as `ctx` (and `ando.ctx`): `ctx.var.NAME` reads
 -- APISIX variables as in APISIX plugins (of the request being served, through the PDK).
 local CTX_MT

@@ -20,15 +20,19 @@ def st() -> LuaState:
     return state()
 
 
-def run(st: LuaState, src: str, *, unsafe: bool = False) -> tuple[Any, ...]:
-    """Load `src` (which returns a function) as plugin code and call it as a phase."""
+def run(st: LuaState, src: str, *, unsafe: bool = False, direct: bool = False) -> tuple[Any, ...]:
+    """Load `src` (which returns a function) as plugin code and call it as a phase: in a
+    coroutine (the phases that may wait) or, `direct`, as the phases that never wait are."""
     box = st.sandbox((), unsafe)
     make = st.lua.eval(
         "function(env, src) local f = assert(load(src, '=t', 't', env)); "
         "jit.off(f, true); return f() end"
     )
     fn = make(box.env, src)
-    res = st.call(fn, st.to_lua({}), st.new_ctx())
+    if direct:
+        res = st.bind_direct(fn, st.to_lua({}))(st.new_ctx())
+    else:
+        res = st.call(fn, st.to_lua({}), st.new_ctx())
     res = res if isinstance(res, tuple) else (res,)
     return res + (None,) * (4 - len(res))
 
@@ -104,14 +108,30 @@ def test_unsafe_gives_the_standard_library(st: LuaState) -> None:
         "local function f() return f() end return f()",
     ],
 )
-def test_budget_stops_runaway_code(st: LuaState, body: str) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["coroutine", "direct"])
+def test_budget_stops_runaway_code(st: LuaState, body: str, direct: bool) -> None:
     started = time.monotonic()
-    tag, msg, _, _ = run(st, f"return function() {body} end")
+    tag, msg, _, _ = run(st, f"return function() {body} end", direct=direct)
     assert time.monotonic() - started < 2
     assert tag == 2
     assert msg.startswith("instruction budget exceeded")
     # the state is usable afterwards
-    assert run(st, "return function() return 'still' .. 'here' end") == (0, "stillhere", None, None)
+    still = run(st, "return function() return 'still' .. 'here' end", direct=direct)
+    assert still == (0, "stillhere", None, None)
+
+
+def test_a_direct_call_answers_fails_and_cannot_wait(st: LuaState) -> None:
+    """The phases that never wait (header_filter, body_filter, log) are called without a
+    coroutine: errors and exit() come back as from a coroutine call, and get_body() without a
+    body read is an error rather than a yield from the main thread."""
+    assert run(st, "return function() return 'x' end", direct=True) == (0, "x", None, None)
+    tag, msg, _, _ = run(st, "return function() error('boom') end", direct=True)
+    assert tag == 2 and "boom" in msg and "stack traceback" in msg
+    tag, status, _, _ = run(st, "return function() ando.response.exit(403, 'x') end", direct=True)
+    assert (tag, status) == (1, 403)
+    # (Here without a request; tests/integration/test_lua_plugins.py has the one with a request.)
+    tag, msg, _, _ = run(st, "return function() ando.request.get_body() end", direct=True)
+    assert tag == 2 and "yield" not in msg
 
 
 def test_answers_and_exit(st: LuaState) -> None:
