@@ -127,6 +127,7 @@ class PluginChain:
         "header_filter",
         "log",
         "names",
+        "request_phases",
         "rewrite",
     )
 
@@ -156,6 +157,9 @@ class PluginChain:
         # rest (the phases stay in order; the split is only where the chain may change).
         self.before_consumer = self.global_rewrite + self.global_access + self.rewrite
         self.after_consumer = self.access + self.before_proxy
+        # False when only response-side phases run (a header_filter plugin, say): the request
+        # goes straight to the upstream (no consumer can join without a request phase).
+        self.request_phases = bool(self.before_consumer or self.after_consumer)
 
     @property
     def has_phases(self) -> bool:

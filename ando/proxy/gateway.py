@@ -197,6 +197,9 @@ class Gateway:
             body_reader=lambda: self._read_body(conn, req),
         )
         v.ctx = ctx
+        if route is not None and not chain.request_phases:
+            self._proceed(conn, req, v, route, ctx)
+            return
         try:
             result = (
                 run_request_phases(ctx)
