@@ -244,7 +244,8 @@ class RuntimeConfig:
             chain = chains.route_chain(r, service)
             prom = chain.configured("prometheus") if counting and chain is not None else None
             rt = RouteRuntime(r, service, upstream, chain)
-            if r.upstream is not None and upstream is not None and r.upstream.checks is not None:
+            inline = r.upstream is not None and r.upstream_id is None
+            if inline and upstream is not None and upstream.record.checks is not None:
                 checked.append((f"/routes/{r.id}", upstream))
             if chain is not None and not chain.has_phases:
                 rt.chain = None  # e.g. only prometheus: counted by the gateway, no plugin path
@@ -291,11 +292,12 @@ def _resolve_upstream(
     shared: Mapping[str, UpstreamRuntime],
     service_ups: Mapping[str, UpstreamRuntime],
 ) -> UpstreamRuntime | None:
-    """APISIX's precedence: the route's own upstream, its upstream_id, then its service's."""
-    if route.upstream is not None:
-        return UpstreamRuntime(route.upstream)
+    """APISIX's precedence (apisix/upstream.lua, fetch): the route's upstream_id, then its own
+    inline upstream, then its service's."""
     if route.upstream_id is not None:
         return shared.get(route.upstream_id)
+    if route.upstream is not None:
+        return UpstreamRuntime(route.upstream)
     if service is not None:
         if service.id in service_ups:
             return service_ups[service.id]

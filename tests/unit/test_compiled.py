@@ -20,6 +20,7 @@ routes:
   - {id: refuses, uri: /b, service_id: ws, enable_websocket: false}
   - {id: own, uri: /c, upstream_id: u, timeout: {connect: 4, send: 5, read: 6}}
   - {id: upstream-timeout, uri: /d, upstream_id: u}
+  - {id: both, uri: /e, upstream_id: u, upstream: {nodes: {"127.0.0.1:1999": 1}}}
 """
 
 
@@ -46,3 +47,8 @@ def test_route_timeout_overrides_the_upstream_timeout():
     r = routes()
     assert (r["own"].timeout.connect, r["own"].timeout.read) == (4.0, 6.0)
     assert (r["upstream-timeout"].timeout.connect, r["upstream-timeout"].timeout.read) == (1.0, 3.0)
+
+
+def test_upstream_id_wins_over_an_inline_upstream_as_in_apisix():
+    # apisix/upstream.lua fetch(): a route's upstream_id is looked up first.
+    assert [n.addr for n in routes()["both"].upstream.nodes] == ["127.0.0.1:1990"]
