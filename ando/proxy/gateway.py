@@ -435,7 +435,13 @@ class Gateway:
     ) -> None:
         """Every request ends here, once: the access log line, metrics, the plugins' log phase."""
         self.inflight -= 1
-        latency = time.monotonic() - req.start
+        log = self.access_log
+        # Only when something reads it: the plain path with neither log nor metrics skips it.
+        latency = (
+            time.monotonic() - req.start
+            if metric is not None or log is not None or ctx is not None
+            else 0.0
+        )
         if metric is not None:
             node = ""
             if upstream_addr is not None:
@@ -450,7 +456,6 @@ class Gateway:
                 request_length(req.method, req.target, req.headers, req.body_size),
                 sent,
             )
-        log = self.access_log
         if log is not None:
             record = {
                 "time": log.timestamp(time.time()),

@@ -71,12 +71,7 @@ class MetricsServer(SideServer):
         return cls(host, port, bind_sockets(host, port, backlog=cls.backlog))
 
     def on_request(self, conn: HttpConnection, req: Request) -> None:
-        if req.path not in PATHS:
-            conn.send_simple(req, 404, json_error(404, "404 Not Found"), close=True)
-            return
-        if req.method not in ("GET", "HEAD"):
-            body = json_error(405, "405 Method Not Allowed")
-            conn.send_simple(req, 405, body, [(b"Allow", b"GET, HEAD"), *_NO_STORE], close=True)
+        if self.refused(conn, req, PATHS):
             return
         if self.collect is None:
             conn.send_simple(req, 503, json_error(503, "503 Service Unavailable"), close=True)

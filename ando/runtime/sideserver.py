@@ -67,6 +67,21 @@ class SideServer:
         """Each side server answers its own paths; the base knows none."""
         conn.send_simple(req, 404, json_error(404, "404 Not Found"), close=True)
 
+    @staticmethod
+    def refused(conn: HttpConnection, req: Request, paths: tuple[str, ...]) -> bool:
+        """Answer 404 for a path not in `paths` and 405 for a method other than GET or HEAD;
+        True when it did (the request is answered)."""
+        if req.path not in paths:
+            body = json_error(404, "404 Not Found")
+            conn.send_simple(req, 404, body, [(b"Cache-Control", b"no-store")], close=True)
+            return True
+        if req.method not in ("GET", "HEAD"):
+            body = json_error(405, "405 Method Not Allowed")
+            headers = [(b"Allow", b"GET, HEAD"), (b"Cache-Control", b"no-store")]
+            conn.send_simple(req, 405, body, headers, close=True)
+            return True
+        return False
+
     # --- connections ----------------------------------------------------------------------
 
     def _connection(self) -> _SideConnection:

@@ -37,7 +37,7 @@ import orjson
 
 from ando.config.addresses import parse_host_port
 from ando.config.snapshot import NodeSettings
-from ando.http.server import HttpConnection, Limits, Request, json_error
+from ando.http.server import HttpConnection, Limits, Request
 from ando.runtime.listeners import address, bind_sockets
 from ando.runtime.sideserver import SideServer
 
@@ -105,12 +105,7 @@ class StatusServer(SideServer):
 
     def on_request(self, conn: HttpConnection, req: Request) -> None:
         """Answer at once, from memory, and close: nothing here awaits or can fail slowly."""
-        if req.path not in _PATHS:
-            self._send(conn, req, 404, {"error_msg": "404 Not Found"})
-            return
-        if req.method not in ("GET", "HEAD"):
-            body = json_error(405, "405 Method Not Allowed")
-            conn.send_simple(req, 405, body, [(b"Allow", b"GET, HEAD"), *_NO_STORE], close=True)
+        if self.refused(conn, req, _PATHS):
             return
         if req.path == "/status":
             self._send(conn, req, 200, {"status": "ok"})
