@@ -202,3 +202,36 @@ def test_one_probe_of_each_kind_against_real_sockets(node_a):
         assert probe(up, http_path="/status/200", port=closed_port) == TCP_FAILURE
     finally:
         silent.close()
+
+
+def test_https_probes_verify_the_certificate_unless_told_not_to(tmp_path: Path):
+    """An HTTPS node (a TLS gateway answering /ping) with a self-signed certificate: a probe that
+    verifies it fails the handshake (a failed connection); one told not to verify succeeds."""
+    import asyncio
+
+    from ando.proxy.balancer import Node
+    from ando.proxy.health import SUCCESS, TCP_FAILURE, HealthChecker
+    from tests.support.certs import make_cert
+    from tests.support.upstream import free_port
+
+    cert, key = make_cert("node.example.com")
+    tls_port = free_port()
+    mock = {"mocking": {"response_example": "pong", "with_mock_header": False}}
+    config = {
+        "ando": {"listen": [{"addr": f"127.0.0.1:{tls_port}", "tls": True}]},
+        "ssls": [{"id": "s", "cert": cert, "key": key, "snis": ["node.example.com"]}],
+        "routes": [{"id": "ping", "uri": "/ping", "plugins": mock}],
+    }
+    gw = GatewayProcess(config, tmp_path)
+    gw.port = tls_port  # wait for the TLS listener (the only one)
+    node = Node("127.0.0.1", tls_port, 1, 0)
+
+    def probe(verify: bool) -> str:
+        active = {"type": "https", "http_path": "/ping", "host": "node.example.com",
+                  "https_verify_certificate": verify, "timeout": 2}  # fmt: skip
+        checker = HealthChecker("/t", {"active": active}, (node,), print)
+        return asyncio.run(checker.probe(node))
+
+    with gw:
+        assert probe(verify=False) == SUCCESS
+        assert probe(verify=True) == TCP_FAILURE
