@@ -21,7 +21,11 @@ spreads over all of them:
 
 Per target: median requests/s, p50 and p99 latency (wrk --latency), the proxy's CPU microseconds
 per request (utime+stime of its processes from /proc, over the requests wrk completed) and the
-worker's RSS idle and after load. The regenerated part of bench/REPORT.md lies between the
+worker's RSS idle and after load. Then, in-process (bench/hotpath_bench.py, no kernel): the
+request's own Python microseconds, plain and with each plugin variant, whose differences resolve
+a plugin's added CPU far more finely than wrk's run-to-run spread does on this machine.
+
+The regenerated part of bench/REPORT.md lies between the
 `<!-- proxy-bench:start -->` and `<!-- proxy-bench:end -->` markers; notes outside them are kept.
 
 While `ando run` still exits with code 3 ("serving is not built yet"), the Ando targets are skipped
@@ -619,6 +623,13 @@ def main() -> int:
     p.add_argument("--report", type=Path, default=REPORT, help="report file (bench/REPORT.md)")
     p.add_argument("--no-report", action="store_true", help="print only; leave the report alone")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument(
+        "--inprocess-rounds",
+        type=int,
+        default=3,
+        help="rounds of bench/hotpath_bench.py (plain, --prometheus, --lua, --chain; default 3)",
+    )
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process costs")
     args = p.parse_args()
     if args.duration < 1 or args.runs < 1 or args.connections < 1:
         p.error("--duration, --runs and --connections must be at least 1")
@@ -678,7 +689,10 @@ def main() -> int:
             f"{statistics.median(other):.0f}%, max {max(other):.0f}% of one core (column "
             "`other CPU`); compare runs with little of it, and trust ratios over absolutes."
         )
-    text = render(args, targets, env, commands, notes, proxy_cpu, load_cpu)
+    inproc = None
+    if not args.no_inprocess and any(t.key.startswith("ando") and t.runs for t in targets):
+        inproc = inprocess_costs(args.inprocess_rounds)
+    text = render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc)
     print()
     print(text.split("\n### Commands")[0])  # the configs and commands: in the report
     if not args.no_report:
@@ -842,7 +856,34 @@ def _kb(kb: int) -> str:
     return f"{kb / 1024:.1f} MiB"
 
 
-def render(args, targets, env, commands, notes, proxy_cpu, load_cpu) -> str:
+INPROCESS_VARIANTS = (("plain", ""), ("prometheus", "--prometheus"), ("lua", "--lua"),
+                      ("chain", "--chain"))  # fmt: skip
+_MEDIAN_US = re.compile(r"median ([0-9.]+) us")
+
+
+def inprocess_costs(rounds: int) -> dict[str, list[float]] | None:
+    """Python microseconds per proxied request from bench/hotpath_bench.py (fake transports, no
+    kernel), per variant, in interleaved rounds. A plugin's added CPU is small against wrk's
+    run-to-run spread on a 2-core machine; in-process, the spread is a few tenths of a us."""
+    out: dict[str, list[float]] = {name: [] for name, _ in INPROCESS_VARIANTS}
+    script = ROOT / "bench" / "hotpath_bench.py"
+    for r in range(rounds):
+        for name, flag in INPROCESS_VARIANTS:
+            argv = [sys.executable, str(script), "30000", "--runs", "5", *([flag] if flag else [])]
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+            except subprocess.TimeoutExpired:
+                return None
+            found = _MEDIAN_US.search(done.stdout)
+            if done.returncode != 0 or found is None:
+                print(f"proxy_bench: hotpath_bench {flag} failed: {done.stderr[-300:]}")
+                return None
+            out[name].append(float(found.group(1)))
+            print(f"proxy_bench: in-process round {r + 1}/{rounds} {name}: {found.group(1)} us")
+    return out
+
+
+def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None) -> str:
     by_key = {t.key: t for t in targets}
     out = [
         "## Proxy benchmark: Ando against nginx",
@@ -929,6 +970,32 @@ def render(args, targets, env, commands, notes, proxy_cpu, load_cpu) -> str:
             f"**{added:.1f} µs**"
         )
     out += ratio_lines or ["- (no Ando target selected)"]
+    if inproc:
+        plain = inproc["plain"]
+        out += [
+            "",
+            "### Python per request, in-process (`bench/hotpath_bench.py`)",
+            "",
+            "The request's own Python work with fake transports (no kernel, no event loop), "
+            f"median of 5 runs of 30,000 requests, {len(plain)} interleaved rounds; a plugin's "
+            "added CPU is its variant's median minus the plain one's, per round:",
+            "",
+            f"- plain proxy: **{statistics.median(plain):.2f} µs** "
+            f"({min(plain):.2f}–{max(plain):.2f})",
+        ]
+        goals = {"prometheus": PROM_EXTRA_CPU_TARGET, "lua": LUA_EXTRA_CPU_TARGET}
+        labels = {"prometheus": "the prometheus plugin", "lua": "the hello_world Lua plugin",
+                  "chain": "the 5-plugin chain"}  # fmt: skip
+        for name, _ in INPROCESS_VARIANTS[1:]:
+            added = [v - p for v, p in zip(inproc[name], plain, strict=True)]
+            line = (
+                f"- {labels[name]} adds **{statistics.median(added):.2f} µs** "
+                f"({min(added):.2f}–{max(added):.2f})"
+            )
+            if name in goals:
+                verdict = "meets" if statistics.median(added) < goals[name] else "misses"
+                line += f" ({verdict} the < {goals[name]:.0f} µs target)"
+            out.append(line)
     out += [
         "",
         "### Memory (RSS)",
