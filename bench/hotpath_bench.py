@@ -103,9 +103,13 @@ async def run(
     if prometheus:
         text = CONFIG.rstrip("\n") + PROMETHEUS
     if lua:
-        text = CONFIG.replace(
-            "ando: {observability:", "ando: {lua: {plugins: [examples.hello_world]}, observability:"
-        ).rstrip("\n") + LUA
+        text = (
+            CONFIG.replace(
+                "ando: {observability:",
+                "ando: {lua: {plugins: [examples.hello_world]}, observability:",
+            ).rstrip("\n")
+            + LUA
+        )
     gw = Gateway(snapshot_from_text(text, "bench.yaml", environ={}))
     assert gw.config is not None
     client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()

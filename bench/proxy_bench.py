@@ -945,30 +945,23 @@ def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None
             f"({verdict} the {goal} target)"
             + (f"; per round {min(paired):.2f}–{max(paired):.2f}" if paired else "")
         )
-    lua_t = by_key.get("ando-lua")
     plain_t = by_key.get("ando-nolog")
-    if lua_t is not None and plain_t is not None and lua_t.runs and plain_t.runs:
-        added = lua_t.med("cpu_us_per_req") - plain_t.med("cpu_us_per_req")
-        verdict = "meets" if added < LUA_EXTRA_CPU_TARGET else "misses"
-        ratio_lines.append(
-            f"- The hello_world Lua plugin's added CPU per request (`ando-lua` − `ando-nolog`, "
-            f"medians): **{added:.1f} µs** ({verdict} the < {LUA_EXTRA_CPU_TARGET:.0f} µs target)"
+    added_cpu = (
+        ("ando-lua", "The hello_world Lua plugin's", LUA_EXTRA_CPU_TARGET),
+        ("ando-prom", "The prometheus plugin's", PROM_EXTRA_CPU_TARGET),
+        ("ando-chain", "The plugin chain's", None),
+    )
+    for key, label, goal in added_cpu:
+        t = by_key.get(key)
+        if t is None or plain_t is None or not (t.runs and plain_t.runs):
+            continue
+        added = t.med("cpu_us_per_req") - plain_t.med("cpu_us_per_req")
+        line = (
+            f"- {label} added CPU per request (`{key}` − `ando-nolog`, medians): **{added:.1f} µs**"
         )
-    prom_t = by_key.get("ando-prom")
-    if prom_t is not None and plain_t is not None and prom_t.runs and plain_t.runs:
-        added = prom_t.med("cpu_us_per_req") - plain_t.med("cpu_us_per_req")
-        verdict = "meets" if added < PROM_EXTRA_CPU_TARGET else "misses"
-        ratio_lines.append(
-            f"- The prometheus plugin's added CPU per request (`ando-prom` − `ando-nolog`, "
-            f"medians): **{added:.1f} µs** ({verdict} the < {PROM_EXTRA_CPU_TARGET:.0f} µs target)"
-        )
-    chain_t = by_key.get("ando-chain")
-    if chain_t is not None and plain_t is not None and chain_t.runs and plain_t.runs:
-        added = chain_t.med("cpu_us_per_req") - plain_t.med("cpu_us_per_req")
-        ratio_lines.append(
-            f"- The plugin chain's added CPU per request (`ando-chain` − `ando-nolog`, medians): "
-            f"**{added:.1f} µs**"
-        )
+        if goal is not None:
+            line += f" ({'meets' if added < goal else 'misses'} the < {goal:.0f} µs target)"
+        ratio_lines.append(line)
     out += ratio_lines or ["- (no Ando target selected)"]
     if inproc:
         plain = inproc["plain"]
