@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import ProcessCollector
@@ -107,17 +108,15 @@ def _merge_table(into: dict[tuple[Any, ...], list[float]], dump: Mapping[str, An
         into.setdefault(key, [0])[0] += dropped
 
 
+@dataclass(frozen=True, slots=True)
 class NodeFacts:
-    """What only the master knows: reloads, whether the last one worked, which processes run."""
+    """What only the master knows, as of this render: reloads, whether the last one worked,
+    which processes run."""
 
-    __slots__ = ("etcd_reachable", "last_reload_ok", "reloads_failed", "reloads_ok", "workers")
-
-    def __init__(self) -> None:
-        self.reloads_ok = 0
-        self.reloads_failed = 0
-        self.last_reload_ok = True
-        self.etcd_reachable: bool | None = None  # None: the node does not use etcd
-        self.workers: dict[int, int] = {}  # pid -> slot
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_reload_ok: bool = True
+    workers: Mapping[int, int] = field(default_factory=dict)  # pid -> slot
 
 
 def render(totals: NodeTotals, facts: NodeFacts, *, master_pid: int | None = None) -> bytes:
@@ -213,9 +212,6 @@ def render(totals: NodeTotals, facts: NodeFacts, *, master_pid: int | None = Non
         "1 when the last reload (or the start) loaded its config.",
     )
     _sample(out, "ando_config_last_reload_successful", {}, 1 if facts.last_reload_ok else 0)
-    if facts.etcd_reachable is not None:
-        _family(out, "ando_etcd_reachable", "gauge", "1 when etcd answered the last request.")
-        _sample(out, "ando_etcd_reachable", {}, 1 if facts.etcd_reachable else 0)
     _family(out, "ando_node_info", "gauge", "This node: Ando's version and the host name.")
     _sample(out, "ando_node_info", {"version": __version__, "hostname": socket.gethostname()}, 1)
 

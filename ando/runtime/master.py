@@ -285,7 +285,7 @@ class Master:
         if status is not None:
             status.readiness = self.readiness
         self.totals = NodeTotals()
-        self.facts = NodeFacts()
+        self.last_reload_ok = True
         self._asks = 0
         self.metrics = metrics
         if metrics is not None:
@@ -460,7 +460,6 @@ class Master:
         handle = WorkerHandle(pid, slot, Channel(parent_sock), time.monotonic())
         handle.generation = self.generation
         self.workers[pid] = handle
-        self.facts.workers[pid] = slot
         loop = asyncio.get_running_loop()
         handle.task = loop.create_task(self._listen(handle), name=f"worker-{pid}")
         try:
@@ -548,7 +547,6 @@ class Master:
             if frame.kind == channel.METRICS:
                 self._metrics_reported(handle, frame.generation, frame.payload)
         self.totals.retire(handle.pid)
-        self.facts.workers.pop(handle.pid, None)
         for fut in handle.metric_asks.values():
             if not fut.done():
                 fut.set_result(None)
@@ -653,7 +651,7 @@ class Master:
         self.snapshot, self.digest = snapshot, digest
         results = await self._broadcast(self.generation, text, max(ACK_TIMEOUT_MIN, 5 * built))
         self.reloads_ok += 1
-        self.facts.reloads_ok, self.facts.last_reload_ok = self.reloads_ok, True
+        self.last_reload_ok = True
         self._configure_pusher()
         _warn_not_in_effect(snapshot)
         failures = [r for r in results if not r.get("ok")]
@@ -676,7 +674,7 @@ class Master:
 
     def _failed(self, trigger: str, diagnostics: list[str], started: float) -> None:
         self.reloads_failed += 1
-        self.facts.reloads_failed, self.facts.last_reload_ok = self.reloads_failed, False
+        self.last_reload_ok = False
         log(
             "reload",
             level="error",
@@ -758,7 +756,13 @@ class Master:
             await asyncio.wait(waits, timeout=ASK_TIMEOUT)
         for handle in self.workers.values():
             handle.metric_asks.pop(ask, None)
-        return render(self.totals, self.facts, master_pid=self.pid)
+        facts = NodeFacts(
+            reloads_ok=self.reloads_ok,
+            reloads_failed=self.reloads_failed,
+            last_reload_ok=self.last_reload_ok,
+            workers={pid: h.slot for pid, h in self.workers.items()},
+        )
+        return render(self.totals, facts, master_pid=self.pid)
 
     async def _ask(self, handle: WorkerHandle, ask: int) -> None:
         with contextlib.suppress(OSError):  # the worker is gone: reaping answers the ask
