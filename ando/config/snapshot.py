@@ -38,6 +38,13 @@ def thaw(value: Any) -> Any:
     return value
 
 
+def with_defaults(conf: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`conf`'s values over `defaults`, as plain data. For settings objects the code reads with
+    their defaults: a schema's defaults fill only the objects a file actually has."""
+    given = {k: v for k, v in conf.items() if v is not None} if conf else {}
+    return thaw({**defaults, **given})
+
+
 @dataclass(frozen=True, slots=True)
 class Timeout:
     connect: float

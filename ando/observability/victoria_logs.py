@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from ando.config.snapshot import with_defaults
 from ando.observability.batch import BatchProcessor
 from ando.observability.httpclient import HttpPoster, PushError, Target
 
@@ -37,10 +38,7 @@ DEFAULTS: dict[str, Any] = {
 
 def settings_of(conf: Mapping[str, Any]) -> dict[str, Any]:
     """The node settings with defaults filled in (the node schema's own defaults)."""
-    merged = {**DEFAULTS, **{k: v for k, v in conf.items() if v is not None}}
-    merged["stream_fields"] = list(merged["stream_fields"])
-    merged["headers"] = dict(merged["headers"])
-    return merged
+    return with_defaults(conf, DEFAULTS)
 
 
 def insert_path(target: Target, settings: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from ando.config.snapshot import with_defaults
 from ando.observability.exposition import CONTENT_TYPE
 from ando.observability.httpclient import HttpPoster, PushError, Target
 
@@ -33,9 +34,7 @@ DEFAULTS: dict[str, Any] = {"interval": 10.0, "extra_labels": {}, "timeout": 5.0
 
 
 def settings_of(conf: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {**DEFAULTS, **{k: v for k, v in conf.items() if v is not None}}
-    merged["extra_labels"] = dict(merged["extra_labels"])
-    return merged
+    return with_defaults(conf, DEFAULTS)
 
 
 def import_path(target: Target, extra_labels: Mapping[str, str]) -> str:

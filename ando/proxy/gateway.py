@@ -41,10 +41,10 @@ from ando.proxy.pipeline import (
 )
 from ando.proxy.variables import Vars
 
-_NOT_FOUND = json_error(404, "404 Route Not Found")
-_NO_UPSTREAM = json_error(
-    503, "503 Service Unavailable: missing upstream configuration in Route or Service"
-)
+_NOT_FOUND_MSG = "404 Route Not Found"
+_NO_UPSTREAM_MSG = "503 Service Unavailable: missing upstream configuration in Route or Service"
+_NOT_FOUND = json_error(404, _NOT_FOUND_MSG)
+_NO_UPSTREAM = json_error(503, _NO_UPSTREAM_MSG)
 _TIMEOUT_SWEEP = 0.25
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 # ctx.read_body() without a node body limit (ando.limits.max_body_size) reads at most this.
@@ -267,23 +267,11 @@ class Gateway:
         ctx: RequestContext,
     ) -> None:
         if route is None:
-            self._answer(conn, req, ctx, None, Response(404, {"error_msg": "404 Route Not Found"}))
+            self._answer(conn, req, ctx, None, Response(404, {"error_msg": _NOT_FOUND_MSG}))
             return
         upstream = ctx.upstream or route.upstream
         if upstream is None:
-            self._answer(
-                conn,
-                req,
-                ctx,
-                route,
-                Response(
-                    503,
-                    {
-                        "error_msg": "503 Service Unavailable: missing upstream configuration"
-                        " in Route or Service"
-                    },
-                ),
-            )
+            self._answer(conn, req, ctx, route, Response(503, {"error_msg": _NO_UPSTREAM_MSG}))
             return
         ProxyExchange(self, conn, req, route, upstream, v, ctx).start()
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ando.config.snapshot import thaw
+from ando.config.snapshot import thaw, with_defaults
 from ando.proxy.balancer import Balancer, Node
 
 # The schema's defaults, for objects the file leaves out (defaults only fill objects present).
@@ -58,10 +58,6 @@ _MAX_STATUS_LINE = 1024
 
 SUCCESS, HTTP_FAILURE, TCP_FAILURE, TIMEOUT = "success", "http_failures", "tcp_failures", "timeouts"
 NEUTRAL = "neutral"  # a status in neither list: counts for nothing
-
-
-def _with_defaults(conf: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    return {**defaults, **(dict(conf) if conf else {})}
 
 
 class _Rules:
@@ -101,10 +97,10 @@ class HealthChecker:
         self.nodes = tuple(dict.fromkeys(nodes))
         self._state = {n: _NodeState() for n in self.nodes}
         self._balancers: list[Balancer] = []
-        active = _with_defaults(checks.get("active"), _ACTIVE)
+        active = with_defaults(checks.get("active"), _ACTIVE)
         self.active = active
-        healthy = _with_defaults(active.get("healthy"), _ACTIVE_HEALTHY)
-        unhealthy = _with_defaults(active.get("unhealthy"), _ACTIVE_UNHEALTHY)
+        healthy = with_defaults(active.get("healthy"), _ACTIVE_HEALTHY)
+        unhealthy = with_defaults(active.get("unhealthy"), _ACTIVE_UNHEALTHY)
         self._active_rules = _Rules(healthy, unhealthy)
         self._healthy_interval = float(healthy["interval"])
         self._unhealthy_interval = float(unhealthy["interval"])
@@ -112,8 +108,8 @@ class HealthChecker:
         self._passive_rules: _Rules | None = None
         if passive is not None:
             self._passive_rules = _Rules(
-                _with_defaults(passive.get("healthy"), _PASSIVE_HEALTHY),
-                _with_defaults(passive.get("unhealthy"), _PASSIVE_UNHEALTHY),
+                with_defaults(passive.get("healthy"), _PASSIVE_HEALTHY),
+                with_defaults(passive.get("unhealthy"), _PASSIVE_UNHEALTHY),
             )
         self._tls: ssl.SSLContext | None = None
         if active["type"] == "https":
