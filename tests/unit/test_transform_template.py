@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 
 import fastjsonschema
@@ -15,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from ando.plugins.transform.proxy_rewrite import _escape_var, check_headers
 from ando.plugins.transform.redirect import _page
-from ando.plugins.transform.request_id import _ksuid, _nanoid, _range_id
+from ando.plugins.transform.request_id import _BASE62, _KSUID_EPOCH, _ksuid, _nanoid, _range_id
 from ando.plugins.transform.template import (
     SubTemplate,
     compile_regex,
@@ -207,13 +208,22 @@ def test_header_checks():
 # --- request-id algorithms and the redirect page --------------------------------------------------
 
 
+def _base62(text: str) -> int:
+    return sum(_BASE62.index(c) * 62**i for i, c in enumerate(reversed(text)))
+
+
 def test_id_algorithms():
     assert re.fullmatch(r"[A-Za-z0-9_-]{21}", _nanoid())
     assert re.fullmatch(r"[0-9A-Za-z]{27}", _ksuid())
     make = _range_id("abcdef", 10)
     assert re.fullmatch(r"[a-f]{10}", make())
     assert len({_nanoid() for _ in range(1000)}) == 1000
-    assert _ksuid()[:5] <= _ksuid()[:5]  # time first: ids sort by creation second
+    # Time first: the top 32 of the 160 bits are the creation second (KSUID's epoch). A prefix of
+    # the text is not: base62 digits straddle the timestamp and the random payload.
+    first, second = _ksuid(), _ksuid()
+    now = int(time.time()) - _KSUID_EPOCH
+    stamps = [_base62(k) >> 128 for k in (first, second)]
+    assert now - 2 <= stamps[0] <= stamps[1] <= now + 1
 
 
 def test_nginx_pages():
