@@ -60,16 +60,14 @@ class Current:
 
 
 CURRENT = Current()
-_CTX_KEY = "ando.lua.ctx"  # where a request's Lua ctx table lives in RequestContext.data
 
 
 def lua_ctx(ctx: Any, new: Callable[[], Any]) -> Any:
     """The Lua `ctx` table of this request, made on first use and shared by every Lua plugin
     and serverless function on it."""
-    data = ctx.data
-    found = data.get(_CTX_KEY)
+    found = ctx.lua_ctx
     if found is None:
-        found = data[_CTX_KEY] = new()
+        found = ctx.lua_ctx = new()
     return found
 
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from ando.lua.pdk import _CTX_KEY, CURRENT
+from ando.lua.pdk import CURRENT
 from ando.lua.runtime import LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
@@ -65,10 +65,9 @@ class LuaPlugin(Plugin):
     def _invoke(
         self, phase: str, ctx: RequestContext, head: ResponseHead | None, wait: bool = False
     ) -> Any:
-        data = ctx.data
-        lctx = data.get(_CTX_KEY)
+        lctx = ctx.lua_ctx
         if lctx is None:
-            lctx = data[_CTX_KEY] = self.lua_state.new_ctx()
+            lctx = ctx.lua_ctx = self.lua_state.new_ctx()
         cur = CURRENT  # CURRENT.enter / leave, inlined: this is every Lua call's path
         cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
         try:
@@ -83,7 +82,7 @@ class LuaPlugin(Plugin):
     async def _after_body(self, ctx: RequestContext, co: Any) -> Response | None:
         """Read the request body and resume the waiting call with it, until it finishes."""
         st = self.lua_state
-        lctx = ctx.data[_CTX_KEY]
+        lctx = ctx.lua_ctx
         while True:
             body = await ctx.read_body()
             CURRENT.enter(ctx, None, self._log, self.name, True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ando.lua.pdk import _CTX_KEY, CURRENT, lua_ctx
+from ando.lua.pdk import CURRENT, lua_ctx
 from ando.lua.runtime import text
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
@@ -138,7 +138,7 @@ class ServerlessFunction(Plugin):
     async def _after_body(self, ctx: RequestContext, co: Any, i: int) -> Response | None:
         """Function i waits for the request body: read it, resume it, then run the rest."""
 
-        lctx = ctx.data[_CTX_KEY]
+        lctx = ctx.lua_ctx
         while True:
             body = await ctx.read_body()
             CURRENT.enter(ctx, None, self._log, self.name, True)

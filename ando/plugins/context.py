@@ -64,6 +64,7 @@ class RequestContext:
     __slots__ = (
         "_args",
         "_body_reader",
+        "_conn",
         "_data",
         "_req",
         "body",
@@ -72,10 +73,9 @@ class RequestContext:
         "consumer_group_id",
         "credential_id",
         "latency",
+        "lua_ctx",
         "response_headers",
         "route",
-        "route_id",
-        "service_id",
         "status",
         "upstream",
         "upstream_addr",
@@ -93,14 +93,13 @@ class RequestContext:
         var: Callable[[str], str | None],
         chain: PluginChain,
         route: Any = None,
-        body_reader: Callable[[], Any] | None = None,
+        body_reader: Callable[[Any, Any], Any] | None = None,
+        conn: Any = None,
     ) -> None:
         self._req = req
         self.var = var  # APISIX variables by name: ctx.var("arg_name"), ctx.var("http_x_id")
         self.chain = chain
         self.route = route  # the matched route's record (ando.config.snapshot.Route) or None
-        self.route_id: str | None = route.id if route is not None else None
-        self.service_id: str | None = route.service_id if route is not None else None
         self.consumer: Any = None  # ando.config.snapshot.Consumer once a plugin identified one
         self.consumer_group_id: str | None = None
         self.credential_id: str | None = None
@@ -116,11 +115,25 @@ class RequestContext:
         self.upstream_latency: float | None = None  # seconds to the upstream's response head
         self.latency = 0.0
         self.body: bytes | None = None  # the request body, once read_body() read it
+        # read_body() awaits body_reader(conn, request): one function for the worker, not a
+        # closure made per request.
         self._body_reader = body_reader
+        self._conn = conn
         self._args: dict[str, str] | None = None
         self._data: dict[Any, Any] | None = None
+        self.lua_ctx: Any = None  # the Lua `ctx` table its Lua plugins share (ando/lua/pdk.py)
 
     # --- the request as received ---------------------------------------------------------------
+
+    @property
+    def route_id(self) -> str | None:
+        route = self.route
+        return route.id if route is not None else None
+
+    @property
+    def service_id(self) -> str | None:
+        route = self.route
+        return route.service_id if route is not None else None
 
     @property
     def method(self) -> str:
@@ -264,7 +277,7 @@ class RequestContext:
             if not self._req.has_body or self._body_reader is None:
                 self.body = b""
             else:
-                self.body = await self._body_reader()
+                self.body = await self._body_reader(self._conn, self._req)
         return self.body
 
 

@@ -546,7 +546,8 @@ class ProxyExchange:
             and (pctx.response_headers or pctx.chain.header_filter)
         ):
             try:
-                new_status, headers = filter_head(pctx, status, list(headers))
+                # `headers` is this response's own list (the upstream parser made it): no copy
+                new_status, headers = filter_head(pctx, status, headers)
             except PluginFailed as e:
                 self.gateway.report_plugin_failure(e, pctx)
                 self._discard_upstream()
@@ -673,7 +674,8 @@ class ProxyExchange:
     def on_upstream_done(self, reusable: bool) -> None:
         if self.state != _RESPONDING:
             return
-        if self.pctx is not None:
+        pctx = self.pctx
+        if pctx is not None and pctx.chain.body_filter:
             self._filter_tail()
             if self.state != _RESPONDING:
                 return

@@ -89,6 +89,7 @@ class Gateway:
         self.certs: CertTable | None = None
         self.config: RuntimeConfig | None = None
         self.limits: Limits
+        self._body_reader = self._read_body  # bound once: every RequestContext gets it
         self.swap(snapshot)
 
     # --- config -------------------------------------------------------------------------------
@@ -194,7 +195,8 @@ class Gateway:
             v,
             chain,
             route.record if route is not None else None,
-            body_reader=lambda: self._read_body(conn, req),
+            self._body_reader,
+            conn,
         )
         v.ctx = ctx
         if route is not None and not chain.request_phases:
@@ -427,7 +429,7 @@ class Gateway:
         # Only when something reads it: the plain path with neither log nor metrics skips it.
         latency = (
             time.monotonic() - req.start
-            if metric is not None or log is not None or ctx is not None
+            if metric is not None or log is not None or (ctx is not None and ctx.chain.log)
             else 0.0
         )
         if metric is not None:
@@ -470,8 +472,8 @@ class Gateway:
                 add_tls(record, transport)
             log.write(record)
         if ctx is not None:
-            ctx.latency = latency
             if ctx.chain.log:
+                ctx.latency = latency
                 run_log_phase(ctx, self.report_plugin_failure)
             ctx.var.ctx = None  # break the vars <-> context cycle: refcounting frees both
         self._check_idle()
