@@ -71,6 +71,19 @@ def lua_ctx(ctx: Any, new: Callable[[], Any]) -> Any:
     return found
 
 
+def apply_head_ops(head: ResponseHead, ops: Any, start: int = 0) -> None:
+    """Apply header changes queued by Lua in header_filter: (kind, name, value) triples from
+    `start`, kind 1 set, 2 add, 3 remove (lua/ando/runtime.lua, bind_head)."""
+    for i in range(start, len(ops), 3):
+        kind, name = ops[i], ops[i + 1]
+        if kind == 1:
+            head.set(name, str(ops[i + 2]))
+        elif kind == 2:
+            head.add(name, str(ops[i + 2]))
+        else:
+            head.remove(name)
+
+
 class PdkError(Exception):
     """A PDK function used where it cannot work (outside a request, or in the wrong phase)."""
 
@@ -241,8 +254,12 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         else:
             _ctx().add_response_header(name, str(value))
 
-    def resp_remove_header(name: str) -> None:
+    def resp_remove_header(name: str, _unused: Any = None) -> None:
         _head().remove(name)
+
+    def resp_apply(*ops: Any) -> None:
+        """header_filter's queued header changes, handed over before a read (pdk.lua)."""
+        apply_head_ops(_head(), ops)
 
     def var(name: str) -> Any:
         value = _ctx().var(name)
@@ -310,6 +327,7 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         "resp_set_header": resp_set_header,
         "resp_add_header": resp_add_header,
         "resp_remove_header": resp_remove_header,
+        "resp_apply": resp_apply,
         "var": var,
         "log": log,
         "json_encode": json_encode,

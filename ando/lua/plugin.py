@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from ando.lua.pdk import CURRENT
+from ando.lua.pdk import CURRENT, apply_head_ops
 from ando.lua.runtime import LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
@@ -54,9 +54,16 @@ class LuaPlugin(Plugin):
         super().__init__(conf, build)
         st = self.lua_state
         lconf = st.to_lua(conf)  # once per configuration
-        # Phases that may wait for the request body run in a coroutine; the others directly.
+        # Phases that may wait for the request body run in a coroutine; the others directly,
+        # header_filter with its header changes batched (lua/ando/runtime.lua).
         self._bound = {
-            phase: (st.bind if phase in _MAY_WAIT else st.bind_direct)(fn, lconf)
+            phase: (
+                st.bind
+                if phase in _MAY_WAIT
+                else st.bind_head
+                if phase == "header_filter"
+                else st.bind_direct
+            )(fn, lconf)
             for phase, fn in self.lua_functions.items()
         }
         self._log = build.log
@@ -144,7 +151,9 @@ def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Any]:
 
 def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseHead], None]:
     def header_filter(self: LuaPlugin, ctx: RequestContext, head: ResponseHead) -> None:
-        self._invoke(phase, ctx, head)
+        result = self._invoke(phase, ctx, head)
+        if result.__class__ is tuple and result[0] == 0:
+            apply_head_ops(head, result, 1)
 
     return header_filter
 

@@ -92,6 +92,7 @@ class LuaState:
         self._resume = self.core.resume
         self._bind = self.core.bind
         self._bind_direct = self.core.bind_direct
+        self._bind_head = self.core.bind_head
         self.new_ctx = self.core.new_ctx
         self._is_function = self.core.is_function
         self.sandboxes: dict[tuple[str, bool], Any] = {}
@@ -180,6 +181,11 @@ class LuaState:
     def bind_direct(self, fn: Any, conf: Any) -> Any:
         """As `bind`, for a phase that never waits: no coroutine (never the result 3)."""
         return self._bind_direct(self.pdk, fn, conf, BUDGET)
+
+    def bind_head(self, fn: Any, conf: Any) -> Any:
+        """As `bind_direct`, for header_filter: its response header changes come back with
+        the result, (0, kind, name, value, ...), instead of a call into Python each."""
+        return self._bind_head(self.pdk, fn, conf, BUDGET)
 
     def is_function(self, value: Any) -> bool:
         return bool(self._is_function(value))

@@ -33,10 +33,17 @@ def _name(name: str) -> tuple[bytes, bytes]:
 
 def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
     """Remove every `lower`-named header, in place (heads are short: a scan; a name of another
-    length is skipped without lower-casing it)."""
+    length is skipped without lower-casing it). Usually there is none: one pass finds that."""
     n = len(lower)
+    first = 0
+    for k, _ in headers:
+        if len(k) == n and k.lower() == lower:
+            break
+        first += 1
+    else:
+        return
     i = len(headers) - 1
-    while i >= 0:
+    while i >= first:
         k = headers[i][0]
         if len(k) == n and k.lower() == lower:
             del headers[i]
@@ -295,9 +302,10 @@ class ResponseHead:
 
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
-        key, lower = _name(name)
-        _drop(self.headers, lower)
-        self.headers.append((key, raw))
+        key, lower = _names.get(name) or _name(name)
+        headers = self.headers
+        _drop(headers, lower)
+        headers.append((key, raw))
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((_name(name)[0], header_bytes(value)))

@@ -47,6 +47,45 @@ return function(py, EXIT, core)
         get_body = get_body,
     }
 
+    -- In header_filter (core.batching), header changes are queued in core.head_ops and handed
+    -- to Python with the call's results (runtime.lua's bind_head); reading the headers first
+    -- hands over what is queued. A value that would split the response is refused here, at the
+    -- caller's line, as the Python side would.
+    local head_ops, find, unpack_ = core.head_ops, string.find, unpack
+    local py_resp_get, py_resp_set = py.resp_get_header, py.resp_set_header
+    local py_resp_add, py_resp_remove = py.resp_add_header, py.resp_remove_header
+    local py_resp_apply = py.resp_apply
+
+    local function queue(kind, name, value)
+        if kind == 3 then
+            value = nil
+        elseif type(value) == "string" and find(value, "[\r\n%z]") then
+            error("header value with CR, LF or NUL: " .. value:sub(1, 40), 3)
+        end
+        local n = head_ops.n
+        head_ops[n + 1], head_ops[n + 2], head_ops[n + 3] = kind, name, value
+        head_ops.n = n + 3
+    end
+
+    local function hand_over()
+        local n = head_ops.n
+        if n > 0 then
+            head_ops.n = 0
+            py_resp_apply(unpack_(head_ops, 1, n))
+        end
+    end
+
+    -- A header change: queued in header_filter, straight to Python elsewhere.
+    local function batched(kind, direct)
+        return function(name, value)
+            if core.batching then
+                queue(kind, name, value)
+            else
+                direct(name, value)
+            end
+        end
+    end
+
     ando.response = {
         -- Ends the request (rewrite, access, before_proxy) with this status, body (a string,
         -- or a table sent as JSON) and headers, as APISIX's core.response.exit.
@@ -55,10 +94,15 @@ return function(py, EXIT, core)
         end,
         set_status = py.set_status,
         get_status = py.get_status,
-        get_header = py.resp_get_header,
-        set_header = py.resp_set_header,
-        add_header = py.resp_add_header,
-        remove_header = py.resp_remove_header,
+        get_header = function(name)
+            if core.batching then
+                hand_over()
+            end
+            return py_resp_get(name)
+        end,
+        set_header = batched(1, py_resp_set),
+        add_header = batched(2, py_resp_add),
+        remove_header = batched(3, py_resp_remove),
         -- body_filter: the chunk being sent, whether it is the last one, and its replacement.
         get_body_chunk = py.get_body_chunk,
         is_last_chunk = py.is_last_chunk,

@@ -214,6 +214,34 @@ return {
 }
 """
 
+HEAD = r"""
+-- header_filter's header changes: reads see earlier writes of the same call, order holds.
+return {
+    name = "head-probe",
+    priority = 450,
+    header_filter = function(conf, ctx)
+        local r = ando.response
+        local mode = ando.request.get_arg("mode")
+        if mode == "split" then
+            r.set_header("X-Split", "a\r\nX-Injected: 1")
+            return
+        end
+        r.set_header("X-First", "1")
+        r.set_header("X-Seen-First", r.get_header("x-first") or "none")
+        r.add_header("X-Multi", "a")
+        r.add_header("X-Multi", "b")
+        r.set_header("X-Replaced", "old")
+        r.set_header("X-Replaced", "new")
+        r.remove_header("Content-Type")
+        r.set_header("X-Type-After-Remove", r.get_header("content-type") or "gone")
+        r.set_header("X-Number", 42)
+        r.add_header("X-Late", "kept")
+        r.remove_header("X-Late")
+        r.add_header("X-Late", "again")
+    end,
+}
+"""
+
 LATE = """
 -- get_body in header_filter, when no earlier phase read it: a Lua error (500).
 return {
@@ -241,7 +269,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (lua_dir / "probes").mkdir(parents=True)
     files = {"probe": PROBE, "second": SECOND, "exit": EXIT, "fail": FAIL, "edit": edited(1)}
     files["shared"] = SHARED
-    files.update(body=BODY, guard=GUARD, late=LATE)
+    files.update(body=BODY, guard=GUARD, late=LATE, head=HEAD)
     for name, src in files.items():
         (lua_dir / "probes" / f"{name}.lua").write_text(src)
     config = {
@@ -260,6 +288,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "probes.body",
                     "probes.guard",
                     "probes.late",
+                    "probes.head",
                 ],
             }
         },
@@ -290,6 +319,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
             {"id": "body", "uri": "/chunked", "upstream": up, "plugins": {"body-probe": {}}},
             {"id": "guard", "uri": "/guarded", "upstream": up, "plugins": {"body-guard": {}}},
             {"id": "late", "uri": "/late", "upstream": up, "plugins": {"late-body": {}}},
+            {"id": "head", "uri": "/head-probe", "upstream": up, "plugins": {"head-probe": {}}},
         ],
     }
     with GatewayProcess(config, tmp, workers=2) as g:  # each worker has its own Lua state
@@ -380,6 +410,28 @@ def test_pdk_response_functions(gw: GatewayProcess) -> None:
     assert r.header("X-Up-Type") == "application/json"
     assert r.header("X-Early") == "set-in-access"
     assert [v for k, v in r.headers if k.lower() == "x-resp"] == ["a", "b"]
+
+
+def test_header_filter_changes_apply_in_order_and_reads_see_them(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/head-probe")
+    assert r.status == 200
+    assert r.header("X-First") == "1"
+    assert r.header("X-Seen-First") == "1"  # a read after a write sees it
+    assert [v for k, v in r.headers if k.lower() == "x-multi"] == ["a", "b"]
+    assert [v for k, v in r.headers if k.lower() == "x-replaced"] == ["new"]
+    assert r.header("Content-Type") is None
+    assert r.header("X-Type-After-Remove") == "gone"
+    assert r.header("X-Number") == "42"
+    assert [v for k, v in r.headers if k.lower() == "x-late"] == ["again"]
+    assert r.json()["path"] == "/head-probe"  # the body is the upstream's, untouched
+
+
+def test_header_filter_value_that_would_split_the_response_fails_the_request(
+    gw: GatewayProcess,
+) -> None:
+    ev = failed_request_event(gw, "/head-probe?mode=split", "header value with CR, LF or NUL")
+    assert ev["plugin"] == "head-probe"
+    assert "head.lua:" in ev["traceback"]  # refused at the plugin's own line
 
 
 def test_pdk_log(gw: GatewayProcess) -> None:
