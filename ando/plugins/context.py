@@ -248,13 +248,17 @@ class RequestContext:
 
     def set_response_header(self, name: str, value: str) -> None:
         """A header for the response to this request, whoever makes it (upstream or plugin)."""
-        key, lower = _name(name)
+        key, lower = _names.get(name) or _name(name)
+        entry = (key, lower, header_bytes(value), False)
         extra = self.response_headers
         if extra is None:
-            extra = self.response_headers = []
-        else:  # a later set replaces what earlier phases set or added under that name
-            extra[:] = [e for e in extra if e[1] != lower]
-        extra.append((key, lower, header_bytes(value), False))
+            self.response_headers = [entry]
+            return
+        for e in extra:  # a later set replaces what earlier phases set or added under that name
+            if e[1] == lower:
+                extra[:] = [e for e in extra if e[1] != lower]
+                break
+        extra.append(entry)
 
     def add_response_header(self, name: str, value: str) -> None:
         key, lower = _name(name)

@@ -36,6 +36,7 @@ SLOTS_PER_BUCKET = 8
 _SLOT = struct.Struct("<Qddd")  # key hash (0: empty), expires (0: never), a, b
 _LOCK_STRIPES = 64
 _BUCKET = struct.Struct("<" + "Qddd" * SLOTS_PER_BUCKET)
+_EXPIRES = struct.Struct("<d")
 _FIELDS = 4 * SLOTS_PER_BUCKET
 _INF = float("inf")
 
@@ -73,7 +74,18 @@ class SharedDict:
         """The slot offset for key hash `h` in its bucket and whether it holds a live entry:
         its own slot, else a free or expired one, else the one expiring soonest."""
         base = (h % self._buckets) * _BUCKET.size
-        fields = _BUCKET.unpack_from(self._mem, base)  # the whole bucket in one call
+        mem = self._mem
+        # The usual case, a key already there: its hash's bytes found by a C search of the
+        # bucket (only at a slot's start: the same bytes inside a float do not count).
+        end = base + _BUCKET.size
+        wanted = h.to_bytes(8, "little")
+        at = mem.find(wanted, base, end)
+        while at >= 0:
+            if (at - base) % _SLOT.size == 0:
+                exp = _EXPIRES.unpack_from(mem, at + 8)[0]
+                return at, exp == 0.0 or exp > now
+            at = mem.find(wanted, at + 1, end)
+        fields = _BUCKET.unpack_from(mem, base)  # the whole bucket in one call
         victim = -1
         victim_exp = _INF
         for i in range(0, _FIELDS, 4):

@@ -96,8 +96,11 @@ def filter_head(
     extra = ctx.response_headers
     if extra:
         replaced = {lower for _, lower, _, add in extra if not add}
-        if replaced:
-            headers = [h for h in headers if h[0].lower() not in replaced]
+        if replaced:  # a name of another length is kept without lower-casing it
+            lengths = {len(lower) for lower in replaced}
+            headers = [
+                h for h in headers if len(h[0]) not in lengths or h[0].lower() not in replaced
+            ]
         headers.extend([(key, raw) for key, _, raw, _ in extra])
     head = ResponseHead(status, headers)
     ctx.status = status

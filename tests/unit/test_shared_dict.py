@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import struct
 import time
 
 import pytest
@@ -180,3 +181,19 @@ def test_a_worker_killed_inside_an_operation_does_not_block_the_others():
         other.kill()
         other.join(5)
     assert not stuck, "an operation on the key blocked after its lock's holder was killed"
+
+
+def test_a_keys_hash_bytes_inside_another_entrys_value_are_not_taken_for_the_key():
+    """Keys are found by searching the bucket's bytes for the key's hash: the same eight bytes
+    inside another entry's value (not at a slot's start) must not count."""
+    d = SharedDict(capacity=8)  # one bucket: every key shares it
+    wanted = d._key_hash("wanted")
+    lookalike = struct.unpack("<d", wanted.to_bytes(8, "little"))[0]
+    d.set("other", lookalike, lookalike)  # the hash's bytes, twice, off the slot boundaries
+    assert d.get("wanted") is None
+    assert d.incr("wanted", 5) == (5.0, 0.0)  # a new entry, not the other one's value
+    assert d.incr("wanted", 1) == (6.0, 0.0)
+    other = d.get("other")
+    assert other is not None and struct.pack("<dd", *other) == struct.pack(
+        "<dd", lookalike, lookalike
+    )

@@ -28,6 +28,10 @@ from ando.plugins.context import RequestContext, ResponseHead
 _NANOID_ALPHABET = "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _KSUID_EPOCH = 1_400_000_000
+# A UUID's 13th hex digit is its version (4), the top two bits of the 17th its variant (10,
+# RFC 4122): cleared by the first mask, set by the second, in one step each.
+_UUID_KEEP = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF
+_UUID_SET = 0x00000000_0000_4000_8000_000000000000
 
 
 def _uuid() -> str:
@@ -35,10 +39,7 @@ def _uuid() -> str:
     in every forked worker, as APISIX's lua-resty-jit-uuid draws from math.random: request ids
     must not repeat, they need not be secret, and a getrandom() syscall per request was 7% of a
     loaded worker's time."""
-    n = getrandbits(128)
-    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
-    n = (n & ~(0xF000 << 64)) | (4 << 76)  # version 4
-    x = f"{n:032x}"
+    x = "%032x" % (getrandbits(128) & _UUID_KEEP | _UUID_SET)
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
