@@ -199,8 +199,12 @@ class Gateway:
             conn,
         )
         v.ctx = ctx
-        if route is not None and not chain.request_phases:
-            self._proceed(conn, req, v, route, ctx)
+        if route is not None and not chain.request_phases:  # response phases only
+            upstream = route.upstream
+            if upstream is not None:
+                ProxyExchange(self, conn, req, route, upstream, v, ctx).start()
+            else:
+                self._proceed(conn, req, v, route, ctx)
             return
         try:
             result = (
@@ -369,7 +373,7 @@ class Gateway:
         req = ex.req
         route = ex.route
         ctx = ex.pctx
-        if ctx is not None:
+        if ctx is not None and ctx.chain.log:  # what log-phase plugins read
             ctx.status = ex.status
             ctx.upstream_status = ex.upstream_status
             ctx.upstream_addr = ex.node.addr if ex.node is not None else None
