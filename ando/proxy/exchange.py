@@ -592,6 +592,7 @@ class ProxyExchange:
         self.no_body = req.method == "HEAD" or status in (204, 304)
         self.resp_framed = self.no_body or length is not None or chunked
         if pctx is not None and pctx.chain.body_filter and not self.no_body:
+            pctx.status = status  # what body filters read (filter_head set it, when it ran)
             length = None  # filters may change the body: its length is known only at the end
         keep = req.keep_alive and not self.gateway.draining
         if self.no_body or (length is not None and not chunked):

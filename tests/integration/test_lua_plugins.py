@@ -178,6 +178,8 @@ return {
         ctx.seen = (ctx.seen or 0) + #chunk
         if mode == "upper" then
             ando.response.set_body(chunk:upper())
+        elseif mode == "status" and ando.response.is_last_chunk() then
+            ando.response.set_body(chunk .. "|status=" .. ando.response.get_status())
         elseif mode == "count" and ando.response.is_last_chunk() then
             ando.response.set_body(chunk .. "|" .. ctx.seen .. "|" .. ctx.calls)
         elseif mode == "binary" then
@@ -567,6 +569,12 @@ def test_body_filter_rewrites_chunks(gw: GatewayProcess) -> None:
     body, seen, calls = count.body.split(b"|")
     assert body.startswith(b"aaaaa") and body.endswith(b"ccccc") and seen == b"15"
     assert int(calls) >= 2  # chunks, then the last call (eof)
+
+
+def test_body_filter_sees_the_status_without_a_header_filter(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/chunked?n=2&size=3&mode=status")
+    assert r.status == 200
+    assert r.body == b"aaabbb|status=200"
 
 
 @pytest.mark.parametrize("touch", ["", "&touch=1"])
