@@ -8,7 +8,7 @@ the client sent it stays readable through `var()` (APISIX's `ctx.var`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -114,8 +114,9 @@ class RequestContext:
         self.upstream_method: str | None = None
         self.upstream_host: str | None = None  # the Host header sent upstream, when rewritten
         self.upstream: Any = None  # an upstream chosen by a plugin (traffic-split)
-        # Headers for the response, whoever makes it: (name, lower-case name, value, add).
-        self.response_headers: list[tuple[bytes, bytes, bytes, bool]] | None = None
+        # Headers for the response, whoever makes it: (name, lower-case name, value, how), how
+        # False to set (replacing), True to add, None to add unless the response has one.
+        self.response_headers: list[tuple[bytes, bytes, bytes, bool | None]] | None = None
         self.status = 0  # the status the client got (log phase)
         self.upstream_status = 0
         self.upstream_addr: str | None = None
@@ -260,11 +261,33 @@ class RequestContext:
                 break
         extra.append(entry)
 
+    def set_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
+        """set_response_header for each (name, value) of distinct names, in one pass."""
+        entries = []
+        for name, value in headers:
+            key, lower = _names.get(name) or _name(name)
+            entries.append((key, lower, header_bytes(value), False))
+        extra = self.response_headers
+        if extra is None:
+            self.response_headers = entries
+            return
+        names = {e[1] for e in entries}
+        extra[:] = [e for e in extra if e[1] not in names]
+        extra.extend(entries)
+
     def add_response_header(self, name: str, value: str) -> None:
         key, lower = _name(name)
         if self.response_headers is None:
             self.response_headers = []
         self.response_headers.append((key, lower, header_bytes(value), True))
+
+    def default_response_header(self, name: str, value: str) -> None:
+        """A header for the response unless it already has one of that name (after the other
+        response headers plugins set or added): request-id's `include_in_response`."""
+        key, lower = _names.get(name) or _name(name)
+        if self.response_headers is None:
+            self.response_headers = []
+        self.response_headers.append((key, lower, header_bytes(value), None))
 
     # --- consumers ------------------------------------------------------------------------------
 

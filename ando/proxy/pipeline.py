@@ -95,13 +95,16 @@ def filter_head(
     """Headers earlier phases asked for, then every header_filter. Raises PluginFailed."""
     extra = ctx.response_headers
     if extra:
-        replaced = {lower for _, lower, _, add in extra if not add}
+        replaced = {lower for _, lower, _, how in extra if how is False}
         if replaced:  # a name of another length is kept without lower-casing it
             lengths = {len(lower) for lower in replaced}
             headers = [
                 h for h in headers if len(h[0]) not in lengths or h[0].lower() not in replaced
             ]
-        headers.extend([(key, raw) for key, _, raw, _ in extra])
+        headers.extend([(key, raw) for key, _, raw, how in extra if how is not None])
+        for key, lower, raw, how in extra:
+            if how is None and not _has(headers, lower):
+                headers.append((key, raw))
     head = ResponseHead(status, headers)
     ctx.status = status
     for entry in ctx.chain.header_filter:
@@ -111,6 +114,14 @@ def filter_head(
             raise PluginFailed(entry.name, "header_filter", e) from e
         ctx.status = head.status
     return head.status, head.headers
+
+
+def _has(headers: list[tuple[bytes, bytes]], lower: bytes) -> bool:
+    n = len(lower)
+    for k, _ in headers:  # noqa: SIM110 - any() over a generator costs a frame per request
+        if len(k) == n and k.lower() == lower:
+            return True
+    return False
 
 
 def filter_body(ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:

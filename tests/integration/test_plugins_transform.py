@@ -205,6 +205,15 @@ def gw(up, tls_port, tmp_path_factory) -> Iterator[GatewayProcess]:
                 {"request-id": {"header_name": "X-Trace", "include_in_response": False}},
             ),
             route("/rid/auth", {"request-id": {}, "key-auth": {}}),
+            # the response already has the header: from the upstream, or from another plugin
+            route("/rid/upstream-has", {"request-id": {"header_name": "Content-Type"}}),
+            route(
+                "/rid/plugin-has",
+                {
+                    "request-id": {"header_name": "X-RateLimit-Limit"},
+                    "limit-count": {"count": 100, "time_window": 60},
+                },
+            ),
             # --- redirect
             route("/rd/uri/*", {"redirect": {"uri": "/new$uri?from=${arg_f}", "ret_code": 301}}),
             route("/rd/regex/*", {"redirect": {"regex_uri": ["^/rd/regex/(a.*)", "/moved/$1"]}}),
@@ -437,6 +446,14 @@ def test_an_id_the_client_sent_is_kept(gw):
     assert one(seen(r), "x-request-id") == "mine-123"
     r = request(gw.port, path="/rid/uuid", headers={"X-Request-Id": ""})
     assert uuid.UUID(r.header("x-request-id"))  # an empty one is replaced
+
+
+def test_a_response_that_has_the_header_keeps_its_own(gw):
+    r = request(gw.port, path="/rid/upstream-has")
+    assert [v for k, v in r.headers if k.lower() == "content-type"] == ["application/json"]
+    assert uuid.UUID(one(seen(r), "content-type"))  # the upstream got the id
+    r = request(gw.port, path="/rid/plugin-has")
+    assert [v for k, v in r.headers if k.lower() == "x-ratelimit-limit"] == ["100"]
 
 
 def test_custom_header_not_in_the_response(gw):

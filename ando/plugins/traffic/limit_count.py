@@ -174,6 +174,10 @@ class LimitCount(Plugin):
         return None
 
     def _headers(self, ctx: RequestContext, remaining: int, reset: int) -> None:
-        ctx.set_response_header("X-RateLimit-Limit", self.limit_header)
-        ctx.set_response_header("X-RateLimit-Remaining", str(remaining))
-        ctx.set_response_header("X-RateLimit-Reset", str(max(reset, 0)))
+        ctx.set_response_headers(
+            (
+                ("X-RateLimit-Limit", self.limit_header),
+                ("X-RateLimit-Remaining", str(remaining)),
+                ("X-RateLimit-Reset", str(max(reset, 0))),
+            )
+        )

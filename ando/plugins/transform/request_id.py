@@ -23,7 +23,7 @@ from random import getrandbits
 from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin
-from ando.plugins.context import RequestContext, ResponseHead
+from ando.plugins.context import RequestContext
 
 _NANOID_ALPHABET = "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -73,13 +73,12 @@ class RequestId(Plugin):
     name = "request-id"
     priority = 12015
 
-    __slots__ = ("header", "in_response", "key", "make")
+    __slots__ = ("header", "in_response", "make")
 
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
         self.header: str = conf["header_name"]
         self.in_response: bool = conf["include_in_response"]
-        self.key = ("request-id", self.header.lower())
         algorithm = conf["algorithm"]
         if algorithm == "nanoid":
             self.make: Callable[[], str] = _nanoid
@@ -97,12 +96,6 @@ class RequestId(Plugin):
             value = self.make()
             ctx.set_header(self.header, value)
         if self.in_response:
-            ctx.data[self.key] = value
+            # whoever makes the response; one that already has the header keeps its own
+            ctx.default_response_header(self.header, value)
         return None
-
-    def header_filter(self, ctx: RequestContext, head: ResponseHead) -> None:
-        if not self.in_response or head.get(self.header):
-            return
-        value = ctx.data.get(self.key)
-        if value:
-            head.set(self.header, value)
