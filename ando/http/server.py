@@ -254,6 +254,27 @@ class Request:
             exchange.on_body_end()
 
 
+# What the server itself reads in a request header, by the name's spelling: looked up once per
+# spelling (a dict hit), not lower-cased per header. Bounded, since names come from clients.
+_PLAIN, _HOST, _TRANSFER_ENCODING, _CONTENT_LENGTH, _EXPECT, _UNDERSCORE = range(6)
+_KINDS = {
+    b"host": _HOST,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"content-length": _CONTENT_LENGTH,
+    b"expect": _EXPECT,
+}
+_HEADER_KINDS_MAX = 4096
+_header_kinds: dict[bytes, int] = {}
+
+
+def _header_kind(name: bytes) -> int:
+    # find(): `in` on bytes first tries the needle as an int
+    kind = _UNDERSCORE if name.find(b"_") >= 0 else _KINDS.get(name.lower(), _PLAIN)
+    if len(_header_kinds) < _HEADER_KINDS_MAX:
+        _header_kinds[name] = kind
+    return kind
+
+
 class _Refuse(Exception):
     """Raised inside a parser callback to stop parsing a request we will not serve."""
 
@@ -491,26 +512,29 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
         if self._header_bytes > limits.max_header_size:
             raise _Refuse(431, "request header fields too large")
-        if name.find(b"_") >= 0:  # find(): `in` on bytes first tries the needle as an int
-            raise _Refuse(400, "underscore in a header name")
+        kind = _header_kinds.get(name)
+        if kind is None:
+            kind = _header_kind(name)
         # llhttp drops the OWS before a value, not the OWS after it (RFC 9110 5.5: not part of
         # the value): strip it where the value is interpreted.
-        lname = name.lower()
-        if lname == b"host":
-            if req.raw_host is not None:
-                raise _Refuse(400, "more than one Host header")
-            req.raw_host = value.rstrip(b" \t")
-        elif lname == b"transfer-encoding":
-            if req.chunked or value.rstrip(b" \t").lower() != b"chunked":
-                raise _Refuse(501, "unsupported transfer encoding")
-            req.chunked = True
-        elif lname == b"content-length":
-            value = value.rstrip(b" \t")
-            req.content_length = int(value) if value.isdigit() else -1
-        elif lname == b"expect":
-            if value.rstrip(b" \t").lower() != b"100-continue":
-                raise _Refuse(417, "unsupported expectation")
-            req.expect_continue = True
+        if kind:
+            if kind == _HOST:
+                if req.raw_host is not None:
+                    raise _Refuse(400, "more than one Host header")
+                req.raw_host = value.rstrip(b" \t")
+            elif kind == _TRANSFER_ENCODING:
+                if req.chunked or value.rstrip(b" \t").lower() != b"chunked":
+                    raise _Refuse(501, "unsupported transfer encoding")
+                req.chunked = True
+            elif kind == _CONTENT_LENGTH:
+                value = value.rstrip(b" \t")
+                req.content_length = int(value) if value.isdigit() else -1
+            elif kind == _EXPECT:
+                if value.rstrip(b" \t").lower() != b"100-continue":
+                    raise _Refuse(417, "unsupported expectation")
+                req.expect_continue = True
+            else:
+                raise _Refuse(400, "underscore in a header name")
         req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
