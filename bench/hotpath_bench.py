@@ -20,6 +20,7 @@ import cProfile
 import pstats
 import statistics
 import time
+from collections.abc import Callable
 
 import uvloop
 
@@ -99,20 +100,15 @@ LUA = """
 """
 
 
-async def run(
-    n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False, lua: bool = False
-) -> None:
-    text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
-    if prometheus:
-        text = CONFIG.rstrip("\n") + PROMETHEUS
-    if lua:
-        text = (
-            CONFIG.replace(
-                "ando: {observability:",
-                "ando: {lua: {plugins: [examples.hello_world]}, observability:",
-            ).rstrip("\n")
-            + LUA
-        )
+def lua_config() -> str:
+    """CONFIG with the hello_world Lua plugin on the route."""
+    lua_on = "ando: {lua: {plugins: [examples.hello_world]}, observability:"
+    return CONFIG.replace("ando: {observability:", lua_on).rstrip("\n") + LUA
+
+
+def proxied_request(text: str) -> Callable[[], None]:
+    """One request through a gateway built from `text`, against a pooled upstream connection:
+    a callable that runs it (checked to work before it is returned)."""
     gw = Gateway(snapshot_from_text(text, "bench.yaml", environ={}))
     assert gw.config is not None
     client = gw.protocol_factory(gw.config.snapshot.node.listen[0])()
@@ -131,6 +127,18 @@ async def run(
     for _ in range(1000):
         one()
     assert client_transport.last.endswith(b"hello, world\n"), client_transport.last
+    return one
+
+
+async def run(
+    n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False, lua: bool = False
+) -> None:
+    text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
+    if prometheus:
+        text = CONFIG.rstrip("\n") + PROMETHEUS
+    if lua:
+        text = lua_config()
+    one = proxied_request(text)
     _tune_gc()  # the collector as a worker runs it, so its cost per request is the worker's
     if profile:
         prof = cProfile.Profile()
