@@ -249,20 +249,11 @@ class RequestContext:
 
     def set_response_header(self, name: str, value: str) -> None:
         """A header for the response to this request, whoever makes it (upstream or plugin)."""
-        key, lower = _names.get(name) or _name(name)
-        entry = (key, lower, header_bytes(value), False)
-        extra = self.response_headers
-        if extra is None:
-            self.response_headers = [entry]
-            return
-        for e in extra:  # a later set replaces what earlier phases set or added under that name
-            if e[1] == lower:
-                extra[:] = [e for e in extra if e[1] != lower]
-                break
-        extra.append(entry)
+        self.set_response_headers(((name, value),))
 
     def set_response_headers(self, headers: Iterable[tuple[str, str]]) -> None:
-        """set_response_header for each (name, value) of distinct names, in one pass."""
+        """set_response_header for each (name, value) of distinct names, in one pass: a later
+        set replaces what earlier phases set or added under those names."""
         entries = []
         for name, value in headers:
             key, lower = _names.get(name) or _name(name)

@@ -189,8 +189,11 @@ def test_the_log_phase_sees_every_finished_request_also_unmatched_ones(gw):
     Logs.seen.clear()
     request(gw.port, path="/slow")
     request(gw.port, path="/nowhere")
-    deadline = 50
-    while len(Logs.seen) < 2 and deadline:
+    expected = [("/slow", 200, "slow"), ("/nowhere", 404, None)]
+    # Wait for these two entries, not for any two: a request of an earlier test may finish
+    # (and log) after the clear above.
+    deadline = 250
+    while not all(e in Logs.seen for e in expected) and deadline:
         deadline -= 1
         threading.Event().wait(0.02)
     assert ("/slow", 200, "slow") in Logs.seen
