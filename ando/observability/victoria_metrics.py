@@ -71,8 +71,11 @@ class VictoriaMetricsPusher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="victoria_metrics")
 
-    async def stop(self, *, final_push: bool = False, timeout: float = 3.0) -> None:
-        """Stop pushing; with `final_push`, send the last totals first (at shutdown)."""
+    async def stop(self, *, final_push: bool = False, timeout: float | None = None) -> None:
+        """Stop pushing; with `final_push`, send the last totals first (at shutdown), within
+        `timeout` seconds (default: the configured push timeout)."""
+        if timeout is None:
+            timeout = float(self.settings["timeout"])
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -31,6 +31,7 @@ import httptools
 import pytest
 
 from ando.runtime.pidfile import default_pid_file
+from tests.support.upstream import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,12 +132,6 @@ LAUNCH = (
     "pid_file = sys.argv[3] if len(sys.argv) > 3 else None\n"
     "raise SystemExit(run(sys.argv[1], gateway_factory=factory, pid_file=pid_file))\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The status and metrics endpoints (on by default, on fixed ports) are tested in test_status.py and

@@ -194,4 +194,14 @@ def test_the_last_totals_are_pushed_at_shutdown(tmp_path, up, vm):
         for _ in range(9):
             assert get(gw, "/r") == 200
         assert gw.stop() == 0
-    wait_for(lambda: vm.scalar('sum(ando_http_status{route="r"})') == 9, "9 requests", 30)
+    seen: list[float | None] = []
+
+    def arrived() -> bool:
+        seen.append(vm.scalar('sum(ando_http_status{route="r"})'))
+        return seen[-1] == 9
+
+    try:
+        wait_for(arrived, "9 requests", 30)
+    except AssertionError as e:  # say what arrived, and what the master said about pushing
+        pushes = [ln for ln in gw.stderr().splitlines() if "victoria" in ln or "stopped" in ln]
+        raise AssertionError(f"{e}; VictoriaMetrics had {seen[-3:]}; {pushes[-5:]}") from e

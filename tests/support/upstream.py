@@ -227,10 +227,22 @@ def echoed_headers(response: Any) -> dict[str, list[str]]:
     return out
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never one this process handed out before: the
+    kernel can give a just-closed port again, and a gateway whose listener and metrics server
+    were given the same port shares it between them (SO_REUSEPORT), answering requests with
+    the wrong server (seen once in CI-like runs)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def closed_port() -> int:
