@@ -34,6 +34,7 @@ from ando.config.snapshot import (
     Service,
     Snapshot,
     freeze,
+    side_listener,
     timeout_from_conf,
     upstream_from_conf,
 )
@@ -207,6 +208,14 @@ def _add_lua_plugins(b: _Build, node: NodeSettings) -> None:
     b.catalog = PluginCatalog.of([*b.catalog.specs.values(), *fresh])
 
 
+_ANY_HOST = frozenset({"0.0.0.0", "::"})
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether listening on `a` and on `b` would take the same port on some address."""
+    return a[1] == b[1] and (a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST)
+
+
 def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:
     settings: dict[str, Any] = {} if raw is None else raw
     checker = resource_checker("node")
@@ -237,13 +246,23 @@ def _node_settings(b: _Build, raw: Any) -> NodeSettings | None:
             Listener(host, port, bool(spec.get("tls", False)), bool(spec.get("http2", False)))
         )
     observability = settings.get("observability", {})
+    taken = [(f"ando.listen[{i}]", hp) for hp, i in seen.items()]
     for side in ("status", "prometheus"):  # the side listeners: the same address rules
-        addr = observability.get(side, {}).get("listen")
-        if addr is not None:
-            try:
-                parse_host_port(str(addr))
-            except ValueError as e:
-                b.error(("ando", "observability", side, "listen"), str(e))
+        enabled, addr = side_listener(observability, side)
+        path = ("ando", "observability", side, "listen")
+        try:
+            hp = parse_host_port(addr)
+        except ValueError as e:
+            b.error(path, str(e))
+            continue
+        if not enabled:
+            continue
+        # Every listener binds with SO_REUSEPORT: two servers on one port would both bind, and
+        # the kernel would split connections between them.
+        clash = next((name for name, other in taken if _overlap(hp, other)), None)
+        if clash is not None:
+            b.error(path, f"{addr} overlaps {clash}: one port cannot serve both")
+        taken.append((f"ando.observability.{side}.listen", hp))
     plugins = settings.get("plugins")
     return NodeSettings(
         listen=tuple(listeners),

@@ -45,6 +45,18 @@ def with_defaults(conf: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -
     return thaw({**defaults, **given})
 
 
+# Where the master's side servers listen unless told (schemas/resources/node.json's defaults).
+SIDE_LISTEN_DEFAULTS = {"status": "127.0.0.1:7085", "prometheus": "127.0.0.1:9091"}
+
+
+def side_listener(observability: Mapping[str, Any], side: str) -> tuple[bool, str]:
+    """(enabled, listen) of the `status` or `prometheus` side server, with the schema's
+    defaults (which fill in only the objects a file actually has)."""
+    settings = observability.get(side) or {}
+    listen = settings.get("listen", SIDE_LISTEN_DEFAULTS[side])
+    return bool(settings.get("enabled", True)), str(listen)
+
+
 @dataclass(frozen=True, slots=True)
 class Timeout:
     connect: float

@@ -18,13 +18,13 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from ando.config.addresses import parse_host_port
-from ando.config.snapshot import NodeSettings
+from ando.config.snapshot import SIDE_LISTEN_DEFAULTS, NodeSettings, side_listener
 from ando.http.server import HttpConnection, Limits, Request, json_error
 from ando.observability.exposition import CONTENT_TYPE
 from ando.runtime.listeners import bind_sockets
 from ando.runtime.sideserver import SideServer
 
-DEFAULT_LISTEN = "127.0.0.1:9091"  # schemas/resources/node.json's default
+DEFAULT_LISTEN = SIDE_LISTEN_DEFAULTS["prometheus"]
 PATHS = ("/metrics", "/apisix/prometheus/metrics")
 ASK_TIMEOUT = 1.0  # seconds a scrape waits for the workers' answers
 LIMITS = Limits(
@@ -42,8 +42,7 @@ Collect = Callable[[], Awaitable[bytes]]
 
 def prometheus_config(node: NodeSettings) -> tuple[bool, str]:
     """(enabled, listen) as configured, with the schema's defaults."""
-    settings = node.observability.get("prometheus", {})
-    return bool(settings.get("enabled", True)), str(settings.get("listen", DEFAULT_LISTEN))
+    return side_listener(node.observability, "prometheus")
 
 
 def max_series(node: NodeSettings) -> int:

@@ -36,12 +36,12 @@ from typing import Any
 import orjson
 
 from ando.config.addresses import parse_host_port
-from ando.config.snapshot import NodeSettings
+from ando.config.snapshot import SIDE_LISTEN_DEFAULTS, NodeSettings, side_listener
 from ando.http.server import HttpConnection, Limits, Request
 from ando.runtime.listeners import address, bind_sockets
 from ando.runtime.sideserver import SideServer
 
-DEFAULT_LISTEN = "127.0.0.1:7085"  # schemas/resources/node.json's default (a unit test pins it)
+DEFAULT_LISTEN = SIDE_LISTEN_DEFAULTS["status"]  # the schema's default (a test pins it)
 MAX_CONNECTIONS = 64  # probes open one connection each: more than this is a flood, not probes
 BACKLOG = 64
 # Probes send a request line and a few headers at once; a client that dawdles is not a probe.
@@ -71,8 +71,7 @@ class StatusSettings:
 def status_config(node: NodeSettings) -> tuple[bool, str]:
     """(enabled, listen) as configured. Defaults are applied here because the schema's defaults
     only fill in objects the file actually has."""
-    settings = node.observability.get("status", {})
-    return bool(settings.get("enabled", True)), str(settings.get("listen", DEFAULT_LISTEN))
+    return side_listener(node.observability, "status")
 
 
 def status_settings(node: NodeSettings) -> StatusSettings | None:

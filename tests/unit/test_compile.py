@@ -353,6 +353,17 @@ def test_empty_route_list_is_valid_but_an_empty_file_is_not():
             "ando:\n  listen: ['0.0.0.0:80', '0.0.0.0:80']\nroutes: []\n",
             "t.yaml:2:26: ando.listen[1]: 0.0.0.0:80 is already listed at listen[0]",
         ),
+        (  # a side server on a port the gateway listens on (here through 0.0.0.0)
+            "ando:\n  listen: ['0.0.0.0:9080']\n"
+            "  observability: {prometheus: {listen: '127.0.0.1:9080'}}\nroutes: []\n",
+            "t.yaml:3:40: ando.observability.prometheus.listen: 127.0.0.1:9080 overlaps "
+            "ando.listen[0]: one port cannot serve both",
+        ),
+        (
+            "ando:\n  observability:\n    prometheus: {listen: '127.0.0.1:7085'}\nroutes: []\n",
+            "t.yaml:3:26: ando.observability.prometheus.listen: 127.0.0.1:7085 overlaps "
+            "ando.observability.status.listen: one port cannot serve both",
+        ),
     ],
 )
 def test_diagnostic(text, expected):
