@@ -364,7 +364,7 @@ function M.bind_head(pdk, fn, conf, budget)
         M.batching = false
         local n = head_ops.n
         head_ops.n = 0
-        if not ok then
+        if not ok and getmetatable(r1) ~= EXIT then  -- exit() means nothing here: changes stand
             return outcome(ok, r1, r2, r3)
         end
         if n == 0 then

@@ -228,6 +228,10 @@ return {
             r.set_header("X-Split", "a\r\nX-Injected: 1")
             return
         end
+        if mode == "exit" then  -- exit() does nothing in header_filter; what was set stands
+            r.set_header("X-Before-Exit", "1")
+            r.exit(403, "no")
+        end
         r.set_header("X-First", "1")
         r.set_header("X-Seen-First", r.get_header("x-first") or "none")
         r.add_header("X-Multi", "a")
@@ -426,6 +430,13 @@ def test_header_filter_changes_apply_in_order_and_reads_see_them(gw: GatewayProc
     assert r.header("X-Number") == "42"
     assert [v for k, v in r.headers if k.lower() == "x-late"] == ["again"]
     assert r.json()["path"] == "/head-probe"  # the body is the upstream's, untouched
+
+
+def test_exit_in_header_filter_changes_nothing_but_what_was_set_stands(gw: GatewayProcess) -> None:
+    r = request(gw.port, "GET", "/head-probe?mode=exit")
+    assert r.status == 200
+    assert r.header("X-Before-Exit") == "1"
+    assert r.json()["path"] == "/head-probe"
 
 
 def test_header_filter_value_that_would_split_the_response_fails_the_request(
