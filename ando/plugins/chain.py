@@ -129,6 +129,7 @@ class PluginChain:
         "names",
         "request_phases",
         "rewrite",
+        "stages",
     )
 
     def __init__(
@@ -157,6 +158,8 @@ class PluginChain:
         # rest (the phases stay in order; the split is only where the chain may change).
         self.before_consumer = self.global_rewrite + self.global_access + self.rewrite
         self.after_consumer = self.access + self.before_proxy
+        # The three in the pipeline's stage order (ando/proxy/pipeline.py STAGES), by index.
+        self.stages = (self.before_consumer, self.consumer_rewrite, self.after_consumer)
         # False when only response-side phases run (a header_filter plugin, say): the request
         # goes straight to the upstream (no consumer can join without a request phase).
         self.request_phases = bool(self.before_consumer or self.after_consumer)

@@ -44,8 +44,10 @@ class UpstreamRuntime:
         "max_attempts",
         "node_hosts",
         "nodes",
+        "only_node",
         "pass_host",
         "pool",
+        "pool_keys",
         "record",
         "retry_timeout",
         "scheme",
@@ -62,8 +64,12 @@ class UpstreamRuntime:
         self.balancer: Balancer = make_balancer(
             record.type, self.nodes, hash_key=_hash_key(record) if record.type == "chash" else None
         )
-        usable = sum(1 for n in self.nodes if n.weight > 0)
-        retries = record.retries if record.retries is not None else max(usable - 1, 0)
+        usable = [n for n in self.nodes if n.weight > 0]
+        # One usable node: every balancer picks it (down or not: with all nodes down they fail
+        # open), so the proxy takes it without asking; a retry finds it tried, as pick would.
+        distinct = set(usable)
+        self.only_node: Node | None = usable[0] if len(distinct) == 1 else None
+        retries = record.retries if record.retries is not None else max(len(usable) - 1, 0)
         self.max_attempts = 1 + retries
         self.retry_timeout = record.retry_timeout
         self.timeout = record.timeout
@@ -86,6 +92,10 @@ class UpstreamRuntime:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
             self.tls = ctx
+        # The keep-alive pool's key per node: a TLS connection is never handed to plain HTTP.
+        self.pool_keys: Mapping[Node, str] = {
+            n: n.addr if self.tls is None else "tls:" + n.addr for n in self.nodes
+        }
 
 
 def _hash_key(record: Upstream) -> Callable[[object], str | None]:
@@ -108,13 +118,13 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
         def combined(v: object) -> str | None:
             assert isinstance(v, Vars)
             out = "".join((v.get(n) or "") if n else lit for n, lit in parts)
-            return out or v.req.client_addr
+            return out or v.client_addr
 
         return combined
 
     def lookup(v: object) -> str | None:
         assert isinstance(v, Vars)
-        return v.get(name) or v.req.client_addr
+        return v.get(name) or v.client_addr
 
     return lookup
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from ando.http.server import HttpConnection, Request, json_error, reason_phrase
+from ando.http.server import HttpConnection, json_error, reason_phrase
 from ando.http.upstream import UpstreamConnection, open_connection
 from ando.plugins.context import RequestContext
 from ando.proxy.balancer import NOTHING_TRIED, Node
@@ -177,17 +177,15 @@ class ProxyExchange:
         "upstream_latency",
         "upstream_start",
         "upstream_status",
-        "vars",
     )
 
     def __init__(
         self,
         gateway: Gateway,
         conn: HttpConnection,
-        req: Request,
+        req: Vars,
         route: RouteRuntime,
         upstream: UpstreamRuntime,
-        vars_: Vars,
         pctx: RequestContext | None = None,
     ) -> None:
         self.gateway = gateway
@@ -201,13 +199,12 @@ class ProxyExchange:
         self.req = req
         self.route = route
         self.upstream = upstream
-        self.vars = vars_
         self.up: UpstreamConnection | None = None
         self.node: Node | None = None
         self.tried: AbstractSet[Node] = NOTHING_TRIED  # a real set only after a failure
         self.attempts = 0
         self.state = _CONNECTING
-        self.started = time.monotonic()
+        self.started = 0.0  # the first attempt's start
         self.deadline: float | None = None
         self.tracked = False
         self.body_started = False
@@ -227,7 +224,8 @@ class ProxyExchange:
         self.bytes_sent = 0
         self.upstream_start = 0.0
         self.upstream_latency: float | None = None
-        self._replay: list[bytes] | None = [] if req.method in IDEMPOTENT else None
+        # A body received so far, kept for a retry (idempotent requests with a body only).
+        self._replay: list[bytes] | None = [] if req.has_body and req.method in IDEMPOTENT else None
         self._replay_size = 0
         self._client_paused = False
         self.upgrade = req.upgrade and route.websocket
@@ -251,7 +249,10 @@ class ProxyExchange:
         self._attempt()
 
     def _attempt(self) -> None:
-        node = self.upstream.balancer.pick(self.vars, self.tried)
+        upstream = self.upstream
+        node = upstream.only_node
+        if node is None or self.tried:
+            node = upstream.balancer.pick(self.req, self.tried)
         if node is None:
             if self.attempts == 0:
                 self._respond_error(503, "503 Service Unavailable: no upstream node available")
@@ -259,10 +260,12 @@ class ProxyExchange:
                 self._respond_error(502, "502 Bad Gateway")
             return
         self.node = node
-        self.attempts += 1
-        self.vars.upstream_addr = node.addr
+        self.req.upstream_addr = node.addr
         self.upstream_start = time.monotonic()
-        up = self.gateway.pool.acquire(self._pool_key(node))
+        if not self.attempts:
+            self.started = self.upstream_start  # what retry_timeout counts from
+        self.attempts += 1
+        up = self.gateway.pool.acquire(self.upstream.pool_keys[node])
         if up is not None:
             self.reused = True
             self._use(up)
@@ -285,9 +288,6 @@ class ProxyExchange:
         )
         task.add_done_callback(self._connected)
 
-    def _pool_key(self, node: Node) -> str:
-        return node.addr if self.upstream.tls is None else "tls:" + node.addr
-
     def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
         if task.cancelled():
             exc: BaseException | None = ConnectionError("cancelled")
@@ -296,7 +296,7 @@ class ProxyExchange:
         if self.state == _DONE:
             if exc is None:
                 self.gateway.pool.release(
-                    self._pool_key(self.node), task.result(), self.upstream.pool
+                    self.upstream.pool_keys[self.node], task.result(), self.upstream.pool
                 )  # type: ignore[arg-type]
             return
         if exc is not None:
@@ -311,7 +311,7 @@ class ProxyExchange:
         if self.req.lost:
             # Refused or abandoned while we were connecting: not one byte of it goes upstream.
             assert self.node is not None
-            self.gateway.pool.release(self._pool_key(self.node), up, self.upstream.pool)
+            self.gateway.pool.release(self.upstream.pool_keys[self.node], up, self.upstream.pool)
             self.on_client_lost()
             return
         self.up = up
@@ -321,7 +321,7 @@ class ProxyExchange:
             self.pctx is None or self.pctx.upstream_method in (None, "HEAD")
         )
         assert self.node is not None
-        if not self.counted:
+        if not self.counted and self.upstream.balancer.tracks:
             self.upstream.balancer.on_start(self.node)
             self.counted = True
         self.state = _SENDING
@@ -616,14 +616,17 @@ class ProxyExchange:
         # Held until the body (usually in the same read) or the end of this read: one write,
         # one syscall, for a whole small response.
         self.pending_head = head
-        self._arm(self.timeout.read)
 
     def on_upstream_flush(self) -> None:
-        """The upstream read that delivered the head is fully parsed: don't sit on the head."""
+        """An upstream read is fully parsed and the response goes on: don't sit on the head,
+        and give the upstream the read timeout again (once per read, not per callback; a
+        response that ended within the read never gets here)."""
         head = self.pending_head
         if head is not None:
             self.pending_head = None
             self.conn.write(head)
+        if self.state == _RESPONDING and not self._client_paused:
+            self._arm(self.timeout.read)
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.state != _RESPONDING or self.no_body:
@@ -640,7 +643,6 @@ class ProxyExchange:
         if head is not None:
             self.pending_head = None
             data = head + data
-        self._arm(self.timeout.read)
         self.conn.write(data)  # may pause the client side (on_client_pause re-arms the deadline)
         if self.conn.writing_paused and self.up is not None:
             self.up.pause_reading()
@@ -689,7 +691,9 @@ class ProxyExchange:
         up, self.up = self.up, None
         if up is not None:
             if reusable and self.body_done:
-                self.gateway.pool.release(self._pool_key(self.node), up, self.upstream.pool)  # type: ignore[arg-type]
+                upstream = self.upstream
+                pool_key = upstream.pool_keys[self.node]  # type: ignore[index]
+                self.gateway.pool.release(pool_key, up, upstream.pool)
             else:
                 up.close()
         self._done(keep_alive=self.keep_alive, failed=False)
@@ -805,8 +809,9 @@ class ProxyExchange:
             return
         if node is not None:
             self.tried = {*self.tried, node}
-            if not self.counted:  # a failed connect: the balancer still learns of the failure
-                self.upstream.balancer.on_start(node)
+            if not self.counted and up.balancer.tracks:
+                # A failed connect: the balancer still learns of the failure.
+                up.balancer.on_start(node)
                 self.counted = True
             self._release_node(failed=True)
             self.gateway.log_event("upstream_failed", node=node.addr, kind=kind, detail=message)

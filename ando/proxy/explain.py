@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from ando.config.snapshot import Snapshot
 from ando.http.path import BadTarget, split_target
-from ando.http.server import Request
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.variables import Vars
 
@@ -41,11 +40,11 @@ class Explanation:
         }
 
 
-def build_request(method: str, url: str, headers: list[str], remote_addr: str) -> Request:
+def build_request(method: str, url: str, headers: list[str], remote_addr: str) -> Vars:
     parts = urlsplit(url if "://" in url else "http://" + url)
     if parts.scheme not in ("http", "https"):
         raise ExplainError(f"'{url}': only http:// and https:// URLs")
-    req = Request()
+    req = Vars()
     req.method = method.upper()
     req.scheme = parts.scheme
     req.client_addr = remote_addr
@@ -80,7 +79,7 @@ def explain(
 ) -> Explanation:
     config = RuntimeConfig(snapshot)
     req = build_request(method, url, headers, remote_addr)
-    v = Vars(req)
+    v = req
     out = Explanation(
         request={
             "method": req.method,

@@ -141,7 +141,11 @@ class Gateway:
 
         def make() -> HttpConnection:
             conn = HttpConnection(
-                self, self.limits, scheme=scheme, on_close=self.connections.discard
+                self,
+                self.limits,
+                scheme=scheme,
+                on_close=self.connections.discard,
+                request_class=Vars,
             )
             self.connections.add(conn)
             self.accepted += 1
@@ -157,7 +161,7 @@ class Gateway:
         self.inflight += 1
         self.requests += 1
         config = self.config
-        v = Vars(req)
+        v: Vars = req  # type: ignore[assignment]  # what this gateway's connections parse into
         match = config.router.match(req.method, req.host, req.path, req.client_addr, v)
         if match is None:
             if config.global_chain is not None:
@@ -183,7 +187,7 @@ class Gateway:
             sent = conn.send_simple(req, 503, _NO_UPSTREAM)
             self._log(req, 503, sent, route.id, route.service_id, metric=v.metric)
             return
-        ProxyExchange(self, conn, req, route, upstream, v).start()
+        ProxyExchange(self, conn, v, route, upstream).start()
 
     # --- requests with plugins ----------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class Gateway:
         if route is not None and not chain.request_phases:  # response phases only
             upstream = route.upstream
             if upstream is not None:
-                ProxyExchange(self, conn, req, route, upstream, v, ctx).start()
+                ProxyExchange(self, conn, v, route, upstream, ctx).start()
             else:
                 self._proceed(conn, req, v, route, ctx)
             return
@@ -279,7 +283,7 @@ class Gateway:
         if upstream is None:
             self._answer(conn, req, ctx, route, Response(503, {"error_msg": _NO_UPSTREAM_MSG}))
             return
-        ProxyExchange(self, conn, req, route, upstream, v, ctx).start()
+        ProxyExchange(self, conn, v, route, upstream, ctx).start()
 
     def _answer(
         self,
@@ -370,9 +374,17 @@ class Gateway:
         )
 
     def request_finished(self, ex: ProxyExchange) -> None:
+        ctx = ex.pctx
+        if self.access_log is None and ex.req.metric is None and (ctx is None or not ctx.chain.log):
+            # Nothing to log or count (what _finished would find out, argument by argument).
+            if ctx is not None:
+                ctx.var.ctx = None  # break the vars <-> context cycle (as _finished does)
+            self.inflight -= 1
+            if self.draining:
+                self._check_idle()
+            return
         req = ex.req
         route = ex.route
-        ctx = ex.pctx
         if ctx is not None and ctx.chain.log:  # what log-phase plugins read
             ctx.status = ex.status
             ctx.upstream_status = ex.upstream_status
@@ -390,7 +402,7 @@ class Gateway:
             ex.upstream_latency,
             route.name,
             ex.conn.transport,
-            ex.vars.metric,
+            ex.req.metric,
         )
 
     def _log(

@@ -53,10 +53,8 @@ def run_request_phases(
                 stage += 1
                 continue
             ctx.chain = ctx.chain.for_consumer(consumer)
-        entries = getattr(ctx.chain, STAGES[stage])
-        n = len(entries)
-        while index < n:
-            entry = entries[index]
+        entries = ctx.chain.stages[stage]
+        for entry in entries[index:] if index else entries:
             index += 1
             try:
                 result = entry.fn(ctx)
@@ -95,16 +93,7 @@ def filter_head(
     """Headers earlier phases asked for, then every header_filter. Raises PluginFailed."""
     extra = ctx.response_headers
     if extra:
-        replaced = {lower for _, lower, _, how in extra if how is False}
-        if replaced:  # a name of another length is kept without lower-casing it
-            lengths = {len(lower) for lower in replaced}
-            headers = [
-                h for h in headers if len(h[0]) not in lengths or h[0].lower() not in replaced
-            ]
-        headers.extend([(key, raw) for key, _, raw, how in extra if how is not None])
-        for key, lower, raw, how in extra:
-            if how is None and not _has(headers, lower):
-                headers.append((key, raw))
+        headers = _merge(headers, extra)
     head = ResponseHead(status, headers)
     ctx.status = status
     for entry in ctx.chain.header_filter:
@@ -116,12 +105,30 @@ def filter_head(
     return head.status, head.headers
 
 
-def _has(headers: list[tuple[bytes, bytes]], lower: bytes) -> bool:
-    n = len(lower)
-    for k, _ in headers:  # noqa: SIM110 - any() over a generator costs a frame per request
-        if len(k) == n and k.lower() == lower:
-            return True
-    return False
+def _merge(
+    headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes, bytes, bool | None]]
+) -> list[tuple[bytes, bytes]]:
+    """The response headers earlier phases set (replacing), added, or added by default (unless
+    the response, or a set or add, has that name), in that order. Each name is lower-cased once."""
+    lowers = [k.lower() for k, _ in headers]
+    replaced = {lower for _, lower, _, how in extra if how is False}
+    if replaced and not replaced.isdisjoint(lowers):
+        kept = [i for i, lower in enumerate(lowers) if lower not in replaced]
+        headers = [headers[i] for i in kept]
+        lowers = [lowers[i] for i in kept]
+    defaults = False
+    for key, lower, raw, how in extra:
+        if how is None:
+            defaults = True
+        else:
+            headers.append((key, raw))
+            lowers.append(lower)
+    if defaults:
+        for key, lower, raw, how in extra:
+            if how is None and lower not in lowers:
+                headers.append((key, raw))
+                lowers.append(lower)
+    return headers
 
 
 def filter_body(ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:

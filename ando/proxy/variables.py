@@ -1,7 +1,10 @@
 """APISIX's request variables (`uri`, `host`, `arg_x`, `http_x_y`, `cookie_z`, ...), lazily.
 
-Route `vars`, chash keys and (later) plugins read variables by name. Most requests read none, so
-nothing is parsed until asked: the query string and the Cookie header are parsed on first use.
+Route `vars`, chash keys and plugins read variables by name. Most requests read none, so nothing
+is parsed until asked: the query string and the Cookie header are parsed on first use.
+
+The variables are the request itself: the gateway's connections parse into a `Vars` (a Request
+with the proxy's per-request fields), so a request costs one object, not a request plus a view.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ if TYPE_CHECKING:
     from ando.plugins.context import RequestContext
 
 
-class Vars:
+class Vars(Request):
+    """A request as the proxy sees it: the parsed head, the route it matched and its variables."""
+
     __slots__ = (
         "_args",
         "_cookies",
         "ctx",
         "metric",
-        "req",
         "route_id",
         "service_id",
         "upstream_addr",
     )
 
-    def __init__(self, req: Request) -> None:
-        self.req = req
+    def __init__(self) -> None:
+        Request.__init__(self)  # (super() costs a lookup per request)
         self.ctx: RequestContext | None = None  # the plugins' context, on routes with plugins
         self._args: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
@@ -38,7 +42,7 @@ class Vars:
         self.metric: tuple[str, str, str, str] | None = None  # labels, when prometheus counts it
 
     def get(self, name: str) -> str | None:
-        req = self.req
+        req = self
         simple = _SIMPLE.get(name)
         if simple is not None:
             return simple(self)
@@ -73,25 +77,25 @@ def _parse_cookies(raw: bytes | None) -> dict[str, str]:
 
 
 def _query(v: Vars) -> str | None:
-    return v.req.query.decode("latin-1") if v.req.query else None
+    return v.query.decode("latin-1") if v.query else None
 
 
 _SIMPLE = {
-    "uri": lambda v: v.req.path,
-    "request_uri": lambda v: v.req.target.decode("latin-1"),
-    "host": lambda v: v.req.host,
-    "remote_addr": lambda v: v.req.client_addr,
-    "remote_port": lambda v: str(v.req.client_port),
-    "server_port": lambda v: str(v.req.server_port),
-    "request_method": lambda v: v.req.method,
-    "scheme": lambda v: v.req.scheme,
+    "uri": lambda v: v.path,
+    "request_uri": lambda v: v.target.decode("latin-1"),
+    "host": lambda v: v.host,
+    "remote_addr": lambda v: v.client_addr,
+    "remote_port": lambda v: str(v.client_port),
+    "server_port": lambda v: str(v.server_port),
+    "request_method": lambda v: v.method,
+    "scheme": lambda v: v.scheme,
     "args": _query,
     "query_string": _query,
-    "server_protocol": lambda v: f"HTTP/{v.req.version}",
+    "server_protocol": lambda v: f"HTTP/{v.version}",
     "route_id": lambda v: v.route_id,
     "service_id": lambda v: v.service_id,
     "upstream_addr": lambda v: v.upstream_addr,
-    "request_path": lambda v: unquote(v.req.path),
+    "request_path": lambda v: unquote(v.path),
     "consumer_name": lambda v: v.ctx.consumer_name if v.ctx is not None else None,
     "consumer_group_id": lambda v: v.ctx.consumer_group_id if v.ctx is not None else None,
     "route_name": lambda v: v.ctx.route.name if v.ctx is not None and v.ctx.route else None,

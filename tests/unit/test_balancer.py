@@ -148,6 +148,19 @@ def test_single_node(kind: str) -> None:
     b = build(kind, nodes)
     assert all(b.pick(f"k{i}") is only for i in range(50))
     assert b.pick("k", frozenset({only})) is None
+    # What lets the proxy skip pick() for a one-node upstream: down, it is still the pick.
+    b.mark_down(only)
+    assert b.pick("k") is only
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_tracks_says_whether_on_start_and_on_finish_matter(kind: str) -> None:
+    # The proxy calls on_start/on_finish only when `tracks`: least_conn counts requests in
+    # flight, ewma learns latencies; the others keep no per-request state.
+    wants = kind in ("least_conn", "ewma")
+    assert build(kind, nodes_of(1, 2)).tracks is wants
+    multi = build(kind, nodes_of(1) + nodes_of(1, priority=-1, prefix="10.9.0."))
+    assert isinstance(multi, PriorityBalancer) and multi.tracks is wants
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)

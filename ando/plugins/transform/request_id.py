@@ -92,7 +92,10 @@ class RequestId(Plugin):
 
     def rewrite(self, ctx: RequestContext) -> None:
         value = ctx.header(self.header)
-        if not value:
+        if value is None:
+            value = self.make()
+            ctx.add_header(self.header, value)  # none to replace
+        elif not value:
             value = self.make()
             ctx.set_header(self.header, value)
         if self.in_response:

@@ -31,6 +31,9 @@ class Balancer(Protocol):
     """What the request lifecycle calls: ``pick`` per attempt, then ``on_start``/``on_finish``."""
 
     nodes: tuple[Node, ...]
+    #: Whether ``on_start``/``on_finish`` do anything: the proxy skips both calls (and the clock
+    #: read ``on_finish`` needs) for balancers that keep no per-request state.
+    tracks: bool
 
     def pick(self, request: object, tried: AbstractSet[Node] = NOTHING_TRIED) -> Node | None:
         """Choose a node for ``request``, never one in ``tried``; None when nothing is left."""
@@ -62,6 +65,7 @@ class Group(ABC):
     """
 
     __slots__ = ("_down", "_index", "_n_down", "_up", "nodes")
+    tracks = False  # subclasses that override on_start/on_finish say True
 
     def __init__(self, nodes: Iterable[Node]) -> None:
         # dict.fromkeys: drop exact duplicates, keep config order (tie-breaks depend on it).

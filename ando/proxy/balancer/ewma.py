@@ -52,6 +52,7 @@ class Ewma(Group):
     """
 
     __slots__ = ("_all", "_clock", "_ewma", "_last", "_random", "_rank")
+    tracks = True
 
     def __init__(
         self,

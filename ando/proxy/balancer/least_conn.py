@@ -31,6 +31,7 @@ class LeastConn(Group):
     """Lowest ``(active + 1) / weight`` in one group; fed by ``on_start``/``on_finish``."""
 
     __slots__ = ("_active", "_ring", "_rr", "_scores", "_weights")
+    tracks = True
 
     def __init__(self, nodes: Iterable[Node]) -> None:
         super().__init__(nodes)

@@ -26,13 +26,14 @@ __all__ = ["PriorityBalancer"]
 class PriorityBalancer:
     """Groups of one balancer type, asked in priority order (highest first)."""
 
-    __slots__ = ("_by_node", "_groups", "_n_down", "nodes")
+    __slots__ = ("_by_node", "_groups", "_n_down", "nodes", "tracks")
 
     def __init__(self, groups: Sequence[Group]) -> None:
         self._groups: tuple[Group, ...] = tuple(g for g in groups if g.nodes)
         self.nodes: tuple[Node, ...] = tuple(n for g in self._groups for n in g.nodes)
         self._by_node: dict[Node, Group] = {n: g for g in self._groups for n in g.nodes}
         self._n_down = 0
+        self.tracks = any(g.tracks for g in self._groups)
 
     def pick(self, request: object, tried: AbstractSet[Node] = NOTHING_TRIED) -> Node | None:
         """The first node any group offers, highest priority first; None when all are tried."""
