@@ -5,12 +5,15 @@
 No syscalls and no event-loop turns are involved, so this isolates the per-request Python work
 that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). `--profile`
 prints cProfile's top functions instead (its overhead inflates every number; read it for
-proportions). `--chain` puts `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite,
-cors, request-id) on the route; `--prometheus` the prometheus plugin alone (its added cost is the
-difference to a plain run), `--lua` the hello_world Lua plugin. The garbage collector is tuned
-as a worker tunes it. It prints the median and the best of its runs; `make bench` takes the best,
-as timeit does (on a shared machine the slower runs measure the neighbours), and compares
-variants round by round. Not a test.
+proportions). `--opcodes` counts the Python bytecode instructions each function executes per
+request (sys.settrace opcode events): slow, but exact and the same from run to run, so a change
+of a few percent shows even on a noisy machine where timings swing by 30%. `--chain` puts
+`make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite, cors, request-id) on the
+route; `--prometheus` the prometheus plugin alone (its added cost is the difference to a plain
+run), `--lua` the hello_world Lua plugin. The garbage collector is tuned as a worker tunes it.
+It prints the median and the best of its runs; `make bench` takes the best, as timeit does (on
+a shared machine the slower runs measure the neighbours), and compares variants round by round.
+Not a test.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from types import FrameType
 
 import uvloop
 
@@ -130,8 +136,41 @@ def proxied_request(text: str) -> Callable[[], None]:
     return one
 
 
+def count_opcodes(one: Callable[[], None], n: int, top: int = 30) -> None:
+    """Bytecode instructions per request, in total and by function (file:line:name)."""
+    counts: Counter[str] = Counter()
+
+    def on_call(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        key = f"{code.co_filename.rpartition('/')[2]}:{code.co_firstlineno}:{code.co_name}"
+
+        def on_opcode(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+            if event == "opcode":
+                counts[key] += 1
+            return on_opcode
+
+        return on_opcode
+
+    sys.settrace(on_call)
+    try:
+        for _ in range(n):
+            one()
+    finally:
+        sys.settrace(None)
+    print(f"Python bytecode instructions per proxied request: {sum(counts.values()) / n:.0f}")
+    for key, count in counts.most_common(top):
+        print(f"{count / n:8.1f}  {key}")
+
+
 async def run(
-    n: int, runs: int, profile: bool, chain: bool, prometheus: bool = False, lua: bool = False
+    n: int,
+    runs: int,
+    profile: bool,
+    chain: bool,
+    prometheus: bool = False,
+    lua: bool = False,
+    opcodes: bool = False,
 ) -> None:
     text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
     if prometheus:
@@ -140,6 +179,9 @@ async def run(
         text = lua_config()
     one = proxied_request(text)
     _tune_gc()  # the collector as a worker runs it, so its cost per request is the worker's
+    if opcodes:
+        count_opcodes(one, min(n, 500))
+        return
     if profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -165,11 +207,16 @@ def main() -> None:
     parser.add_argument("n", nargs="?", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--opcodes", action="store_true", help="bytecode instructions per request, by function"
+    )
     parser.add_argument("--chain", action="store_true", help="with the 5-plugin chain")
     parser.add_argument("--prometheus", action="store_true", help="with the prometheus plugin")
     parser.add_argument("--lua", action="store_true", help="with the hello_world Lua plugin")
     args = parser.parse_args()
-    uvloop.run(run(args.n, args.runs, args.profile, args.chain, args.prometheus, args.lua))
+    uvloop.run(
+        run(args.n, args.runs, args.profile, args.chain, args.prometheus, args.lua, args.opcodes)
+    )
 
 
 if __name__ == "__main__":

@@ -317,6 +317,7 @@ class HttpConnection(asyncio.Protocol):
         "_refused",
         "_responded",
         "_timer",
+        "_timer_at",
         "_upgrading",
         "_url_parts",
         "_write_paused",
@@ -368,6 +369,7 @@ class HttpConnection(asyncio.Protocol):
         self._responded = False  # bytes of the current request's response were written
         self._upgrading: Request | None = None  # an Upgrade request waiting for its 101
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when self._timer fires (its when(), without the call)
         self._deadline: float | None = None
         self.tunnel: Exchange | None = None
         # Opaque to this module: the handler's per-connection memo (e.g. header lines that only
@@ -735,7 +737,8 @@ class HttpConnection(asyncio.Protocol):
                 self._resume_reading()
             self._start(nxt)
             return
-        self._resume_reading()
+        if self._read_paused:
+            self._resume_reading()
         self._arm(
             self.limits.keepalive_timeout if self._parsing is None else self.limits.header_timeout
         )
@@ -874,9 +877,10 @@ class HttpConnection(asyncio.Protocol):
         self._deadline = deadline
         timer = self._timer
         if timer is not None:
-            if timer.when() <= deadline:
+            if self._timer_at <= deadline:
                 return
             timer.cancel()
+        self._timer_at = deadline
         self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -886,6 +890,7 @@ class HttpConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         if now < deadline:
+            self._timer_at = deadline
             self._timer = self.loop.call_at(deadline, self._on_timer)
             return
         if self._parsing is not None and self._current is None:

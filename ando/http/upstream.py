@@ -220,11 +220,14 @@ class UpstreamPool:
         if conn.closed or conn.tunnel or conn.requests >= settings.requests:
             conn.close()
             return
-        idle = self._idle.setdefault(key, [])
-        if len(idle) >= settings.size:
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        elif len(idle) >= settings.size:
             conn.close()
             return
-        conn.resume_reading()
+        if conn._read_paused:
+            conn.resume_reading()
         idle.append((conn, self.loop.time() + settings.idle_timeout))
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(1.0, self._sweep)

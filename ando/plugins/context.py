@@ -9,6 +9,7 @@ the client sent it stays readable through `var()` (APISIX's `ctx.var`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -31,31 +32,28 @@ def _name(name: str) -> tuple[bytes, bytes]:
     return found
 
 
+_name_of = itemgetter(0)
+
+
+def _index(headers: list[tuple[bytes, bytes]], lower: bytes) -> int:
+    """Where the first header named `lower` (in any case) is, or -1. One search of all the names
+    joined and lower-cased: C calls only, no Python step per header. (A name never holds a
+    line feed: the parser refuses one, and so would the client reading the response.)"""
+    names = b"\n" + b"\n".join(map(_name_of, headers)).lower() + b"\n"
+    pos = names.find(b"\n" + lower + b"\n")
+    return pos if pos < 0 else names.count(b"\n", 0, pos)
+
+
 def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
-    """Remove every `lower`-named header, in place (heads are short: a scan; a name of another
-    length is skipped without lower-casing it). Usually there is none: one pass finds that."""
-    n = len(lower)
-    first = 0
-    for k, _ in headers:
-        if len(k) == n and k.lower() == lower:
-            break
-        first += 1
-    else:
-        return
-    i = len(headers) - 1
-    while i >= first:
-        k = headers[i][0]
-        if len(k) == n and k.lower() == lower:
-            del headers[i]
-        i -= 1
+    """Remove every `lower`-named header, in place. Usually there is none: one search says so."""
+    if _index(headers, lower) >= 0:
+        n = len(lower)
+        headers[:] = [h for h in headers if len(h[0]) != n or h[0].lower() != lower]
 
 
 def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
-    n = len(lower)
-    for k, v in headers:
-        if len(k) == n and k.lower() == lower:
-            return v.decode("latin-1")
-    return None
+    i = _index(headers, lower)
+    return None if i < 0 else headers[i][1].decode("latin-1")
 
 
 def header_bytes(value: str) -> bytes:

@@ -72,6 +72,9 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-credential-identifier",
 }
 
+# The start of the usual status lines, made once.
+_STATUS_PREFIX = {code: b"HTTP/1.1 %d " % code for code in range(200, 600)}
+
 # States
 _CONNECTING, _SENDING, _WAITING, _RESPONDING, _TUNNEL, _DONE = range(6)
 
@@ -240,12 +243,16 @@ class ProxyExchange:
             # its flow control (pause/resume) reach this exchange from the start. Bytes that
             # followed an Upgrade request (queued by the server while no exchange existed) are
             # held for the tunnel, never parsed as a body.
-            parts, req.body_parts = req.body_parts, None
-            if parts and req.upgrade:
-                self._held = [*(self._held or ()), *parts]
-            req.attach(self)
-            if self.state == _DONE:  # the client was already gone (attach told us)
-                return
+            if req.body_parts is not None:
+                parts, req.body_parts = req.body_parts, None
+                if parts and req.upgrade:
+                    self._held = [*(self._held or ()), *parts]
+            if req.lost or req.body_done:
+                req.attach(self)  # tells us what already happened
+                if self.state == _DONE:  # the client was already gone
+                    return
+            else:
+                req.exchange = self  # what attach() comes to when nothing happened yet
         self._attempt()
 
     def _attempt(self) -> None:
@@ -557,7 +564,8 @@ class ProxyExchange:
             if new_status != status:
                 status, reason = new_status, b""
         self.status = status
-        out = [b"HTTP/1.1 %d " % status + (reason or reason_phrase(status).encode()) + b"\r\n"]
+        prefix = _STATUS_PREFIX.get(status) or b"HTTP/1.1 %d " % status
+        out = [prefix, reason or reason_phrase(status).encode(), b"\r\n"]
         named: frozenset[bytes] | None = None
         length: bytes | None = None
         chunked = False
@@ -578,8 +586,8 @@ class ProxyExchange:
                         upgrade_value = value
                     continue
             out.append(name + b": " + value + b"\r\n")
-        if named:
-            out = [out[0]] + [ln for ln in out[1:] if ln.split(b":", 1)[0].lower() not in named]
+        if named:  # out[:3] is the status line
+            out = out[:3] + [ln for ln in out[3:] if ln.split(b":", 1)[0].lower() not in named]
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:

@@ -386,6 +386,15 @@ function M.new_ctx()
     return setmetatable({}, CTX_MT)
 end
 
+-- n fresh ctx tables at once (ando/lua/runtime.py hands them out one request each)
+function M.new_ctxs(n)
+    local made = {}
+    for i = 1, n do
+        made[i] = setmetatable({}, CTX_MT)
+    end
+    return unpack(made, 1, n)
+end
+
 function M.is_function(v)
     return type(v) == "function"
 end

@@ -1,0 +1,65 @@
+"""The header helpers every plugin goes through: a name matches whole and in any case, the first
+value wins, set replaces every value, and what is not named is left in its order."""
+
+from __future__ import annotations
+
+from ando.plugins.context import RequestContext, ResponseHead
+from ando.proxy.pipeline import _merge
+
+
+class _Req:
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+
+
+def ctx_with(headers: list[tuple[bytes, bytes]]) -> RequestContext:
+    return RequestContext(_Req(headers), lambda name: None, None)  # type: ignore[arg-type]
+
+
+def test_header_is_the_first_value_of_a_whole_name_in_any_case() -> None:
+    ctx = ctx_with([(b"X-Api-Key-Old", b"no"), (b"x-API-key", b"first"), (b"X-Api-Key", b"second")])
+    assert ctx.header("X-Api-Key") == "first"
+    assert ctx.header("x-api-key-old") == "no"
+    assert ctx.header("Api-Key") is None  # a name's tail is not the name
+    assert ctx.header("X-Api") is None  # nor is its head
+    assert ctx_with([]).header("Host") is None
+
+
+def test_set_header_replaces_every_value_and_keeps_the_others_in_order() -> None:
+    headers = [(b"A", b"1"), (b"x-id", b"old"), (b"B", b"2"), (b"X-ID", b"older"), (b"C", b"3")]
+    ctx = ctx_with(headers)
+    ctx.set_header("X-Id", "new")
+    assert headers == [(b"A", b"1"), (b"B", b"2"), (b"C", b"3"), (b"X-Id", b"new")]
+    ctx.remove_header("b")
+    ctx.remove_header("absent")
+    assert headers == [(b"A", b"1"), (b"C", b"3"), (b"X-Id", b"new")]
+
+
+def test_response_head_get_set_remove() -> None:
+    head = ResponseHead(200, [(b"Content-Type", b"text/plain"), (b"X-Hello", b"a")])
+    head.set("x-hello", "b")
+    assert head.headers == [(b"Content-Type", b"text/plain"), (b"x-hello", b"b")]
+    assert head.get("X-HELLO") == "b" and head.get("Hello") is None
+    head.add("X-Hello", "c")
+    head.remove("X-Hello")
+    assert head.headers == [(b"Content-Type", b"text/plain")]
+
+
+def test_merged_response_headers_set_then_add_then_default() -> None:
+    upstream = [(b"X-RateLimit-Limit", b"9"), (b"X-Request-Id", b"from-upstream"), (b"Vary", b"x")]
+    extra = [
+        (b"X-Request-Id", b"x-request-id", b"default", None),  # the response has one: skipped
+        (b"X-RateLimit-Limit", b"x-ratelimit-limit", b"10", False),  # replaces the upstream's
+        (b"X-Trace", b"x-trace", b"default", None),  # absent, but a later add brings it
+        (b"Vary", b"vary", b"Origin", True),  # added beside the upstream's
+        (b"X-Trace", b"x-trace", b"added", True),
+        (b"X-New", b"x-new", b"default", None),
+    ]
+    assert _merge(upstream, extra) == [
+        (b"X-Request-Id", b"from-upstream"),
+        (b"Vary", b"x"),
+        (b"X-RateLimit-Limit", b"10"),
+        (b"Vary", b"Origin"),
+        (b"X-Trace", b"added"),
+        (b"X-New", b"default"),
+    ]
