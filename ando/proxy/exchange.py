@@ -141,6 +141,26 @@ def _named_by_connection(value: bytes) -> frozenset[bytes]:
     return found
 
 
+def _lines_without(
+    headers: list[tuple[bytes, bytes]],
+    named: frozenset[bytes],
+    cache: dict[bytes, int],
+    kinds: dict[bytes, int],
+    passed: int = _PLAIN,
+) -> list[bytes]:
+    """The header lines (as pieces) of the headers that are forwarded as they are (kind _PLAIN,
+    or `passed`) and not named by Connection: the rare second pass when a Connection value
+    names headers."""
+    out: list[bytes] = []
+    for name, value in headers:
+        kind = cache.get(name)
+        if kind is None:
+            kind = _classify(name, cache, kinds)
+        if kind in (_PLAIN, passed) and name.lower() not in named:
+            out += (name, b": ", value, b"\r\n")
+    return out
+
+
 class ProxyExchange:
     __slots__ = (
         "_client_paused",
@@ -387,21 +407,24 @@ class ProxyExchange:
         lines.append(b"Host: " + host + b"\r\n")
         named: frozenset[bytes] | None = None
         xff: bytes | None = None
+        # Pieces, joined once at the end: no bytes made per header line.
         for name, value in req.headers:
             kind = _request_kinds.get(name)
             if kind is None:
                 kind = _classify(name, _request_kinds, _REQUEST_KINDS)
             if kind:
                 if kind == _CONNECTION:
-                    named = _named_by_connection(value) or None
+                    found = _token_cache.get(value)
+                    if found is None:
+                        found = _named_by_connection(value)
+                    if found:  # every Connection header counts
+                        named = found if named is None else named | found
                 elif kind == _XFF:
                     xff = value if xff is None else xff + b", " + value
                 continue
-            lines.append(name + b": " + value + b"\r\n")
+            lines += (name, b": ", value, b"\r\n")
         if named:  # drop the headers Connection names (it may come after them)
-            lines = [lines[0]] + [
-                ln for ln in lines[1:] if ln.split(b":", 1)[0].lower() not in named
-            ]
+            lines[2:] = _lines_without(req.headers, named, _request_kinds, _REQUEST_KINDS)
         fwd = self.conn.handler_data
         if fwd is None or fwd[3] is not req.client_addr:
             # Per connection: the client's address, scheme and port do not change (unless
@@ -579,15 +602,19 @@ class ProxyExchange:
                     length = value
                 else:
                     if kind == _CONNECTION:
-                        named = _named_by_connection(value) or None
+                        found = _token_cache.get(value)
+                        if found is None:
+                            found = _named_by_connection(value)
+                        if found:  # every Connection header counts
+                            named = found if named is None else named | found
                     elif kind == _TE:
                         chunked = b"chunked" in value.lower()
                     elif kind == _UPGRADE:
                         upgrade_value = value
                     continue
-            out.append(name + b": " + value + b"\r\n")
+            out += (name, b": ", value, b"\r\n")  # pieces, joined once below
         if named:  # out[:3] is the status line
-            out = out[:3] + [ln for ln in out[3:] if ln.split(b":", 1)[0].lower() not in named]
+            out[3:] = _lines_without(headers, named, _response_kinds, _RESPONSE_KINDS, _LENGTH)
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:
