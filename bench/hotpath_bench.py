@@ -214,9 +214,11 @@ def main() -> None:
     parser.add_argument("--prometheus", action="store_true", help="with the prometheus plugin")
     parser.add_argument("--lua", action="store_true", help="with the hello_world Lua plugin")
     args = parser.parse_args()
-    uvloop.run(
-        run(args.n, args.runs, args.profile, args.chain, args.prometheus, args.lua, args.opcodes)
-    )
+    try:
+        flags = (args.profile, args.chain, args.prometheus, args.lua, args.opcodes)
+        uvloop.run(run(args.n, args.runs, *flags))
+    except BrokenPipeError:  # piped into `head`
+        sys.stderr.close()
 
 
 if __name__ == "__main__":

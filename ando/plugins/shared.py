@@ -30,7 +30,7 @@ import multiprocessing
 import struct
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 SLOTS_PER_BUCKET = 8
 _SLOT = struct.Struct("<Qddd")  # key hash (0: empty), expires (0: never), a, b
@@ -103,8 +103,9 @@ class SharedDict:
             victim = 0  # every entry lives forever: take the first
         return base + victim * _SLOT.size, False
 
-    def _locked(self, key: str, body: Callable[[int, bool, int, float], _T]) -> _T:
-        """`body(offset, live, key hash, now)` under the lock of `key`'s bucket."""
+    def _locked(self, key: str, body: Callable[..., _T], x: Any = None, y: Any = None) -> _T:
+        """`body(mem, offset, live, key hash, now, x, y)` under the lock of `key`'s bucket (a
+        module function and two arguments: no closure made per call)."""
         h = self._key_hash(key)
         lock = self._locks[(h % self._buckets) % _LOCK_STRIPES]
         if not lock.acquire(True, STALE_LOCK):
@@ -112,48 +113,24 @@ class SharedDict:
         try:
             now = time.time()
             off, live = self._find(h, now)
-            return body(off, live, h, now)
+            return body(self._mem, off, live, h, now, x, y)
         finally:
             lock.release()
 
     def get(self, key: str) -> tuple[float, float] | None:
         """(a, b) of a live entry, or None."""
-
-        def read(off: int, live: bool, h: int, now: float) -> tuple[float, float] | None:
-            if not live:
-                return None
-            _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
-            return a, b
-
-        return self._locked(key, read)
+        return self._locked(key, _read)
 
     def set(self, key: str, a: float, b: float = 0.0, ttl: float = 0.0) -> None:
-        def write(off: int, live: bool, h: int, now: float) -> None:
-            _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
-
-        self._locked(key, write)
+        self._locked(key, _write, (a, b), ttl)
 
     def delete(self, key: str) -> None:
-        def clear(off: int, live: bool, h: int, now: float) -> None:
-            if live:
-                _SLOT.pack_into(self._mem, off, 0, 0.0, 0.0, 0.0)
-
-        self._locked(key, clear)
+        self._locked(key, _clear)
 
     def incr(self, key: str, delta: float, ttl: float = 0.0) -> tuple[float, float]:
         """Add `delta` to `a` and return (a, expires). A missing or expired entry starts at
         `delta` and expires `ttl` seconds from now (never when ttl is 0): a fixed window."""
-
-        def add(off: int, live: bool, h: int, now: float) -> tuple[float, float]:
-            if live:
-                _kh, exp, a, b = _SLOT.unpack_from(self._mem, off)
-                a += delta
-            else:
-                exp, a, b = (now + ttl if ttl > 0 else 0.0), delta, 0.0
-            _SLOT.pack_into(self._mem, off, h, exp, a, b)
-            return a, exp
-
-        return self._locked(key, add)
+        return self._locked(key, _add, delta, ttl)
 
     def update(
         self,
@@ -164,14 +141,49 @@ class SharedDict:
         """Read-modify-write under the entry's lock: `change(a, b, existed)` returns the new
         (a, b) and a result handed back to the caller. The entry's expiry restarts at `ttl`.
         `change` must be quick and must not touch this dict; if it raises, nothing changes."""
+        return self._locked(key, _apply, change, ttl)
 
-        def apply(off: int, live: bool, h: int, now: float) -> float:
-            if live:
-                _kh, _exp, a, b = _SLOT.unpack_from(self._mem, off)
-            else:
-                a = b = 0.0
-            a, b, result = change(a, b, live)
-            _SLOT.pack_into(self._mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
-            return result
 
-        return self._locked(key, apply)
+# What SharedDict's operations do to a slot, under its lock: (mem, offset, live, key hash, now,
+# and the operation's two arguments).
+
+
+def _read(mem: mmap.mmap, off: int, live: bool, h: int, now: float, x: Any, y: Any) -> Any:
+    if not live:
+        return None
+    _kh, _exp, a, b = _SLOT.unpack_from(mem, off)
+    return a, b
+
+
+def _write(mem: mmap.mmap, off: int, live: bool, h: int, now: float, ab: Any, ttl: float) -> None:
+    _SLOT.pack_into(mem, off, h, now + ttl if ttl > 0 else 0.0, ab[0], ab[1])
+
+
+def _clear(mem: mmap.mmap, off: int, live: bool, h: int, now: float, x: Any, y: Any) -> None:
+    if live:
+        _SLOT.pack_into(mem, off, 0, 0.0, 0.0, 0.0)
+
+
+def _add(
+    mem: mmap.mmap, off: int, live: bool, h: int, now: float, delta: float, ttl: float
+) -> tuple[float, float]:
+    if live:
+        _kh, exp, a, _b = _SLOT.unpack_from(mem, off)
+        a += delta
+        _SLOT.pack_into(mem, off, h, exp, a, _b)
+        return a, exp
+    exp = now + ttl if ttl > 0 else 0.0
+    _SLOT.pack_into(mem, off, h, exp, delta, 0.0)
+    return delta, exp
+
+
+def _apply(
+    mem: mmap.mmap, off: int, live: bool, h: int, now: float, change: Any, ttl: float
+) -> float:
+    if live:
+        _kh, _exp, a, b = _SLOT.unpack_from(mem, off)
+    else:
+        a = b = 0.0
+    a, b, result = change(a, b, live)
+    _SLOT.pack_into(mem, off, h, now + ttl if ttl > 0 else 0.0, a, b)
+    return result
