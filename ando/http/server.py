@@ -29,7 +29,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
-from itertools import chain
 from typing import Any, Protocol
 
 import httptools
@@ -311,6 +310,8 @@ class HttpConnection(asyncio.Protocol):
         "_deadline",
         "_dispatching",
         "_head_bytes",
+        "_header_bytes",
+        "_header_lines",
         "_parsing",
         "_pending",
         "_read_paused",
@@ -362,6 +363,8 @@ class HttpConnection(asyncio.Protocol):
         self._pending: deque[Request] = deque()  # pipelined requests waiting their turn
         self._url_parts: list[bytes] = []
         self._head_bytes = 0
+        self._header_bytes = 0
+        self._header_lines = 0
         self._read_paused = False
         self._write_paused = False
         self._closing = False
@@ -492,6 +495,8 @@ class HttpConnection(asyncio.Protocol):
         req.start = time.monotonic()  # not loop.time(): that is cached per iteration, in ms
         self._parsing = req
         self._url_parts.clear()
+        self._header_lines = 0
+        self._header_bytes = 0
         if self._current is None:
             self._arm(self.limits.header_timeout)
 
@@ -505,10 +510,17 @@ class HttpConnection(asyncio.Protocol):
             raise _Refuse(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # The header block's limits are checked once, when it is complete: while it arrives,
-        # the raw byte count in data_received bounds it (and a read is at most 256 KiB).
         req = self._parsing
         assert req is not None
+        # Counted per header (measured: cheaper than one join of all names and values at the
+        # end for any usual head), so a refusal comes at the first header over the limit.
+        limits = self.limits
+        self._header_lines += 1
+        if self._header_lines > limits.max_header_lines:
+            raise _Refuse(431, "too many header lines")
+        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._header_bytes > limits.max_header_size:
+            raise _Refuse(431, "request header fields too large")
         kind = _header_kinds.get(name)
         if kind is None:
             kind = _header_kind(name)
@@ -544,13 +556,7 @@ class HttpConnection(asyncio.Protocol):
                 505 if version.startswith(("2", "3")) else 400, "unsupported HTTP version"
             )
         req.version = version
-        headers = req.headers
         limits = self.limits
-        if len(headers) > limits.max_header_lines:
-            raise _Refuse(431, "too many header lines")
-        # Each line counted as "name: value\r\n": the sizes of all names and values in one join.
-        if len(b"".join(chain.from_iterable(headers))) + 4 * len(headers) > limits.max_header_size:
-            raise _Refuse(431, "request header fields too large")
         req.method = parser.get_method().decode("ascii", "replace")
         if req.method == "CONNECT":
             raise _Refuse(405, "CONNECT is not allowed")

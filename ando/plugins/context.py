@@ -9,7 +9,6 @@ the client sent it stays readable through `var()` (APISIX's `ctx.var`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -32,16 +31,17 @@ def _name(name: str) -> tuple[bytes, bytes]:
     return found
 
 
-_name_of = itemgetter(0)
-
-
 def _index(headers: list[tuple[bytes, bytes]], lower: bytes) -> int:
-    """Where the first header named `lower` (in any case) is, or -1. One search of all the names
-    joined and lower-cased: C calls only, no Python step per header. (A name never holds a
-    line feed: the parser refuses one, and so would the client reading the response.)"""
-    names = b"\n" + b"\n".join(map(_name_of, headers)).lower() + b"\n"
-    pos = names.find(b"\n" + lower + b"\n")
-    return pos if pos < 0 else names.count(b"\n", 0, pos)
+    """Where the first header named `lower` (in any case) is, or -1. A scan (heads are short;
+    a Python loop beats joining the names for one C search, measured); a name of another
+    length is passed without lower-casing it."""
+    n = len(lower)
+    i = 0
+    for k, _ in headers:
+        if len(k) == n and k.lower() == lower:
+            return i
+        i += 1  # noqa: SIM113 - enumerate() measured slower here
+    return -1
 
 
 def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
