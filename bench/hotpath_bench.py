@@ -6,8 +6,9 @@ No syscalls and no event-loop turns are involved, so this isolates the per-reque
 that separates Ando from a bare uvloop + httptools proxy (see bench/REPORT.md). `--profile`
 prints cProfile's top functions instead (its overhead inflates every number; read it for
 proportions). `--opcodes` counts the Python bytecode instructions each function executes per
-request (sys.settrace opcode events): slow, but exact and the same from run to run, so a change
-of a few percent shows even on a noisy machine where timings swing by 30%. `--chain` puts
+request (sys.settrace opcode events): exact and repeatable, it shows where the steps are, but a
+C call counts as one step however long it takes, so judge a change with bench/instructions.py
+(callgrind's instruction count), not with this. `--chain` puts
 `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite, cors, request-id) on the
 route; `--prometheus` the prometheus plugin alone (its added cost is the difference to a plain
 run), `--lua` the hello_world Lua plugin. The garbage collector is tuned as a worker tunes it.
