@@ -428,7 +428,7 @@ class ProxyExchange:
         fwd = self.conn.handler_data
         if fwd is None or fwd[3] is not req.client_addr:
             # Per connection: the client's address, scheme and port do not change (unless
-            # real-ip replaced the address for this request).
+            # real-ip replaced the address for this request), nor, usually, the Host.
             client = req.client_addr.encode()
             fwd = self.conn.handler_data = (
                 client,
@@ -441,13 +441,19 @@ class ProxyExchange:
                 + b"\r\n"
                 + b"X-Forwarded-Port: %d\r\n" % req.server_port,
                 req.client_addr,
+                None,
+                b"",
             )
         if xff:
             lines.append(b"X-Forwarded-For: " + xff + b", " + fwd[0] + b"\r\n")
         else:
             lines.append(fwd[1])
         lines.append(fwd[2])
-        lines.append(b"X-Forwarded-Host: " + req.host.encode() + b"\r\n")
+        host_name = req.host  # one str per spelling (parse_host's cache): compared by identity
+        if fwd[4] is not host_name:
+            host_line = b"X-Forwarded-Host: " + host_name.encode() + b"\r\n"
+            fwd = self.conn.handler_data = (*fwd[:4], host_name, host_line)
+        lines.append(fwd[5])
         if pctx is not None and pctx.consumer is not None:
             lines.append(b"X-Consumer-Username: " + pctx.consumer.username.encode() + b"\r\n")
             if pctx.credential_id:

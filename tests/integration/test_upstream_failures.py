@@ -513,6 +513,25 @@ def test_forwarded_headers(tmp_path):
         assert headers_seen(a)["x-forwarded-for"] == ["1.1.1.1, 2.2.2.2, 127.0.0.1"]
 
 
+def test_forwarded_host_follows_each_request_on_one_connection(tmp_path):
+    # The X-Forwarded-* lines are memoized per client connection: a Host that changes between
+    # two requests on the same keep-alive connection must still reach the upstream as sent.
+    with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        try:
+            sockets = set()
+            for host in ("one.example", "two.example", "one.example"):
+                conn.request("GET", "/x", headers={"Host": host})
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200
+                assert headers_seen(a)["x-forwarded-host"] == [host]
+                sockets.add(id(conn.sock))
+            assert len(sockets) == 1  # one keep-alive connection throughout
+        finally:
+            conn.close()
+
+
 def test_hop_by_hop_request_headers_not_forwarded(tmp_path):
     with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
         r = request(
