@@ -223,7 +223,7 @@ class UpstreamPool:
         idle = self._idle.get(key)
         if idle is None:
             idle = self._idle[key] = []
-        elif len(idle) >= settings.size:
+        if len(idle) >= settings.size:
             conn.close()
             return
         if conn._read_paused:
