@@ -231,9 +231,11 @@ class Request:
         self.start = 0.0
 
     def header(self, name: bytes) -> bytes | None:
-        """First value of a header, by lower-case name (a scan: heads are short)."""
+        """First value of a header, by lower-case name (a scan: heads are short; a name of
+        another length is passed without lower-casing it)."""
+        n = len(name)
         for k, v in self.headers:
-            if k.lower() == name:
+            if len(k) == n and k.lower() == name:
                 return v
         return None
 
