@@ -1,13 +1,14 @@
 """CPU instructions per proxied request, counted by valgrind: the same from run to run.
 
-`python bench/instructions.py [--chain | --lua | --prometheus]` runs bench/hotpath_bench.py
-under `valgrind --tool=callgrind` twice, with SMALL and LARGE requests, and divides the
-difference in instructions by LARGE - SMALL, so start-up and warm-up cancel out. On this
-noisy 2-core machine timings of the same build swing by 30%; this count moves by under 0.1%, so
-it can tell a 1% change apart. It counts instructions, not cycles (cache misses are free here):
-confirm a large change under load with `make bench`. Bytecode counts (`hotpath_bench.py
---opcodes`) show where the steps are but not what a C call costs; decide with this. Needs
-valgrind (`apt-get install valgrind`); takes about a minute per variant. Not a test.
+`python bench/instructions.py [--chain | --lua | --prometheus | --access-log]` runs
+bench/hotpath_bench.py under `valgrind --tool=callgrind` twice, with SMALL and LARGE requests,
+and divides the difference in instructions by LARGE - SMALL, so start-up and warm-up cancel out.
+On this noisy 2-core machine timings of the same build swing by 30%; this count moves by under
+0.1%, so it can tell a 1% change apart. It counts instructions, not cycles (cache misses are
+free here): confirm a large change under load with `make bench`. Bytecode counts
+(`hotpath_bench.py --opcodes`) show where the steps are but not what a C call costs; decide
+with this. Needs valgrind (`apt-get install valgrind`); takes about a minute per variant.
+Not a test.
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ def instructions(requests: int, flags: list[str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     variant = parser.add_mutually_exclusive_group()
-    for flag in ("--chain", "--lua", "--prometheus"):
+    for flag in ("--chain", "--lua", "--prometheus", "--access-log"):
         variant.add_argument(flag, action="store_true")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    flags = [f"--{name}" for name in ("chain", "lua", "prometheus") if getattr(args, name)]
+    names = ("chain", "lua", "prometheus", "access_log")
+    flags = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name)]
     per_request = (instructions(LARGE, flags) - instructions(SMALL, flags)) / (LARGE - SMALL)
     print(f"instructions per proxied request{' ' + flags[0] if flags else ''}: {per_request:,.0f}")
 
