@@ -263,16 +263,12 @@ class ProxyExchange:
             # its flow control (pause/resume) reach this exchange from the start. Bytes that
             # followed an Upgrade request (queued by the server while no exchange existed) are
             # held for the tunnel, never parsed as a body.
-            if req.body_parts is not None:
-                parts, req.body_parts = req.body_parts, None
-                if parts and req.upgrade:
-                    self._held = [*(self._held or ()), *parts]
-            if req.lost or req.body_done:
-                req.attach(self)  # tells us what already happened
-                if self.state == _DONE:  # the client was already gone
-                    return
-            else:
-                req.exchange = self  # what attach() comes to when nothing happened yet
+            parts, req.body_parts = req.body_parts, None
+            if parts and req.upgrade:
+                self._held = [*(self._held or ()), *parts]
+            req.attach(self)
+            if self.state == _DONE:  # the client was already gone (attach told us)
+                return
         self._attempt()
 
     def _attempt(self) -> None:

@@ -382,10 +382,6 @@ function M.set_var(var)
     CTX_MT = { __index = { var = VAR } }
 end
 
-function M.new_ctx()
-    return setmetatable({}, CTX_MT)
-end
-
 -- n fresh ctx tables at once (ando/lua/runtime.py hands them out one request each)
 function M.new_ctxs(n)
     local made = {}
