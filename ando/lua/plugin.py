@@ -66,6 +66,7 @@ class LuaPlugin(Plugin):
             )(fn, lconf)
             for phase, fn in self.lua_functions.items()
         }
+        self._header_fn = self._bound.get("header_filter")
         self._log = build.log
         CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
@@ -151,9 +152,25 @@ def _request_phase(phase: str) -> Callable[[LuaPlugin, RequestContext], Any]:
 
 def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseHead], None]:
     def header_filter(self: LuaPlugin, ctx: RequestContext, head: ResponseHead) -> None:
-        result = self._invoke(phase, ctx, head)
-        if result.__class__ is tuple and result[0] == 0:
-            apply_head_ops(head, result, 1)
+        # _invoke, inlined for the phase every response of the route goes through (hello_world's)
+        lctx = ctx.lua_ctx
+        if lctx is None:
+            lctx = ctx.lua_ctx = self.lua_state.new_ctx()
+        cur = CURRENT  # `wait` stays False: only the request phases set it, and they reset it
+        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self.name
+        try:
+            result = self._header_fn(lctx)
+        finally:
+            cur.ctx = cur.head = cur.log = None
+        if result.__class__ is tuple:  # 0 alone when nothing changed
+            kind = result[0]
+            if kind == 0:
+                if len(result) == 4 and result[1] == 1:  # one set_header: hello_world's case
+                    head.set(result[2], str(result[3]))
+                else:
+                    apply_head_ops(head, result, 1)
+            elif kind == 2:
+                raise LuaPluginError(f"Lua plugin {self.name} ({self.lua_file}): {text(result[1])}")
 
     return header_filter
 

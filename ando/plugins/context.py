@@ -321,7 +321,8 @@ class ResponseHead:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
         headers = self.headers
-        _drop(headers, lower)
+        if _index(headers, lower) >= 0:  # usually not: no second call to find out
+            _drop(headers, lower)
         headers.append((key, raw))
 
     def add(self, name: str, value: str) -> None:

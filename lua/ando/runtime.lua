@@ -4,9 +4,12 @@
 -- needs `debug.sethook`, `io.open` and `jit`). Plugin code never sees this module: it runs in a
 -- sandbox environment built here, with the PDK (`ando`) as a global.
 --
--- The instruction budget is a count hook set around every call into plugin code. LuaJIT does
--- not run hooks inside compiled traces, so every chunk of plugin code is loaded with
--- `jit.off(chunk, true)`: it runs in LuaJIT's interpreter, where the hook always fires.
+-- The instruction budget is a count hook that fires every BUDGET_STEP instructions and counts
+-- only while plugin code runs (`arm` before a call, `disarm` after). It is set once, for good:
+-- setting and clearing it around every call rebuilt LuaJIT's dispatch table twice per call
+-- (0.18 us of a 0.83 us call). LuaJIT does not run hooks inside compiled traces, so every chunk
+-- of plugin code is loaded with `jit.off(chunk, true)`: it runs in LuaJIT's interpreter, where
+-- the hook always fires.
 
 local M = {}
 
@@ -24,14 +27,40 @@ local BUDGET = "instruction budget exceeded"
 local EXIT = {}             -- metatable marking ando.response.exit()'s sentinel error
 M.EXIT = EXIT
 
-local exhausted = false
+local BUDGET_STEP = 10000   -- instructions between two firings of the hook
+local exhausted = false     -- the call in progress spent its budget
+local active = false        -- plugin code is running: the hook counts
+local ticks, limit = 0, 0
 
 local function budget_hook()
-    -- Once the budget is spent, fire again soon: plugin code that caught the error (pcall,
-    -- coroutine.resume) cannot run on.
-    exhausted = true
-    sethook(budget_hook, "", 1000)
+    if not active then
+        return
+    end
+    if not exhausted then
+        ticks = ticks + 1
+        if ticks < limit then
+            return
+        end
+        -- Spent. Fire again soon from now on: plugin code that caught the error (pcall,
+        -- coroutine.resume) cannot run on.
+        exhausted = true
+        sethook(budget_hook, "", 1000)
+    end
     error(BUDGET, 0)
+end
+sethook(budget_hook, "", BUDGET_STEP)
+
+-- Before a call into plugin code: a fresh budget of `budget` instructions (to a BUDGET_STEP).
+local function arm(budget)
+    if exhausted then
+        exhausted = false
+        sethook(budget_hook, "", BUDGET_STEP)
+    end
+    ticks, limit, active = 0, budget / BUDGET_STEP, true
+end
+
+local function disarm()
+    active = false
 end
 
 -- pcall/xpcall/coroutine.resume as plugin code sees them: they cannot swallow the budget
@@ -183,15 +212,14 @@ end
 -- Load a plugin module in `sandbox`, under the budget: the module's value, or an error string
 -- ("file:line: message").
 function M.load_module(sandbox, name, budget)
-    exhausted = false
-    sethook(budget_hook, "", budget)
+    arm(budget)
     local ok, mod = raw_xpcall(sandbox.require, function(e)
         if exhausted then
             return BUDGET
         end
         return tostring(e)
     end, name)
-    sethook()
+    disarm()
     if ok then
         return true, mod
     end
@@ -207,8 +235,7 @@ function M.compile_function(sandbox, src, chunkname, budget)
         return 1, err
     end
     jit_off(chunk, true)
-    exhausted = false
-    sethook(budget_hook, "", budget)
+    arm(budget)
     local ok, fn = raw_xpcall(chunk, function(e)
         if exhausted then
             return BUDGET
@@ -218,7 +245,7 @@ function M.compile_function(sandbox, src, chunkname, budget)
         end
         return tostring(e)
     end)
-    sethook()
+    disarm()
     if not ok then
         return 2, fn
     end
@@ -272,10 +299,9 @@ end
 -- coroutine when it waits for the request body.
 local function step(co, budget, ...)
     M.phase_co = co
-    exhausted = false
-    sethook(budget_hook, "", budget)
+    arm(budget)
     local rok, tag, a, b, c, d = raw_resume(co, ...)
-    sethook()
+    disarm()
     M.phase_co = nil
     if not rok then
         return 2, traceback(co, tostring(tag))
@@ -330,10 +356,9 @@ function M.bind_direct(pdk, fn, conf, budget)
     return function(ctx)
         pdk.ctx = ctx
         M.phase_co = false
-        exhausted = false
-        sethook(budget_hook, "", budget)
+        arm(budget)
         local ok, r1, r2, r3 = raw_xpcall(fn, handler, conf, ctx)
-        sethook()
+        disarm()
         M.phase_co = nil
         return outcome(ok, r1, r2, r3)
     end
@@ -356,10 +381,9 @@ function M.bind_head(pdk, fn, conf, budget)
         M.phase_co = false
         M.batching = true
         head_ops.n = 0
-        exhausted = false
-        sethook(budget_hook, "", budget)
+        arm(budget)
         local ok, r1, r2, r3 = raw_xpcall(fn, handler, conf, ctx)
-        sethook()
+        disarm()
         M.phase_co = nil
         M.batching = false
         local n = head_ops.n

@@ -120,6 +120,18 @@ def test_budget_stops_runaway_code(st: LuaState, body: str, direct: bool) -> Non
     assert still == (0, "stillhere", None, None)
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["coroutine", "direct"])
+def test_budget_is_per_call(st: LuaState, direct: bool) -> None:
+    """Each call gets the whole budget: three calls that each spend about half of it all
+    finish (the budget's hook stays set between calls; only its count restarts)."""
+    half = (
+        "return function() local s = 0 for i = 1, 2500000 do s = s + i end "
+        "return s == 3125001250000 and 'summed' or 'wrong' end"
+    )
+    for _ in range(3):
+        assert run(st, half, direct=direct)[:2] == (0, "summed")
+
+
 def test_a_direct_call_answers_fails_and_cannot_wait(st: LuaState) -> None:
     """The phases that never wait (header_filter, body_filter, log) are called without a
     coroutine: errors and exit() come back as from a coroutine call, and get_body() without a
