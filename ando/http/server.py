@@ -323,7 +323,6 @@ class HttpConnection(asyncio.Protocol):
         "_timer_at",
         "_upgrading",
         "_url_parts",
-        "_write_paused",
         "client_addr",
         "client_port",
         "handler",
@@ -338,6 +337,7 @@ class HttpConnection(asyncio.Protocol):
         "server_port",
         "transport",
         "tunnel",
+        "writing_paused",
     )
 
     def __init__(
@@ -368,7 +368,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._header_lines = 0
         self._read_paused = False
-        self._write_paused = False
+        self.writing_paused = False  # the client is not reading: flow control pauses the upstream
         self._closing = False
         self._refused = False  # a request was refused: nothing after it is read or parsed
         self._responded = False  # bytes of the current request's response were written
@@ -472,13 +472,13 @@ class HttpConnection(asyncio.Protocol):
             self.on_close(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.writing_paused = True
         ex = self.tunnel or (self._current.exchange if self._current is not None else None)
         if ex is not None:
             ex.on_client_pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.writing_paused = False
         ex = self.tunnel or (self._current.exchange if self._current is not None else None)
         if ex is not None:
             ex.on_client_resume()
@@ -674,10 +674,6 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None and not self._closing:
             self._responded = True
             self.transport.write(data)
-
-    @property
-    def writing_paused(self) -> bool:
-        return self._write_paused
 
     def send_simple(
         self,

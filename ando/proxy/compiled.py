@@ -45,6 +45,7 @@ class UpstreamRuntime:
         "node_hosts",
         "nodes",
         "only_node",
+        "only_pool_key",
         "pass_host",
         "pool",
         "pool_keys",
@@ -96,6 +97,8 @@ class UpstreamRuntime:
         self.pool_keys: Mapping[Node, str] = {
             n: n.addr if self.tls is None else "tls:" + n.addr for n in self.nodes
         }
+        # The only node's, looked up here: a Node's hash is a Python call on every lookup.
+        self.only_pool_key = self.pool_keys[self.only_node] if self.only_node else ""
 
 
 def _hash_key(record: Upstream) -> Callable[[object], str | None]:

@@ -183,6 +183,7 @@ class ProxyExchange:
         "node",
         "pctx",
         "pending_head",
+        "pool_key",
         "req",
         "resp_framed",
         "reused",
@@ -276,19 +277,22 @@ class ProxyExchange:
         node = upstream.only_node
         if node is None or self.tried:
             node = upstream.balancer.pick(self.req, self.tried)
-        if node is None:
-            if self.attempts == 0:
-                self._respond_error(503, "503 Service Unavailable: no upstream node available")
-            else:
-                self._respond_error(502, "502 Bad Gateway")
-            return
+            if node is None:
+                if self.attempts == 0:
+                    self._respond_error(503, "503 Service Unavailable: no upstream node available")
+                else:
+                    self._respond_error(502, "502 Bad Gateway")
+                return
+            self.pool_key = upstream.pool_keys[node]
+        else:
+            self.pool_key = upstream.only_pool_key
         self.node = node
         self.req.upstream_addr = node.addr
         self.upstream_start = time.monotonic()
         if not self.attempts:
             self.started = self.upstream_start  # what retry_timeout counts from
         self.attempts += 1
-        up = self.gateway.pool.acquire(self.upstream.pool_keys[node])
+        up = self.gateway.pool.acquire(self.pool_key)
         if up is not None:
             self.reused = True
             self._use(up)
@@ -318,9 +322,7 @@ class ProxyExchange:
             exc = task.exception()
         if self.state == _DONE:
             if exc is None:
-                self.gateway.pool.release(
-                    self.upstream.pool_keys[self.node], task.result(), self.upstream.pool
-                )  # type: ignore[arg-type]
+                self.gateway.pool.release(self.pool_key, task.result(), self.upstream.pool)
             return
         if exc is not None:
             kind = "timeout" if isinstance(exc, TimeoutError) else "error"
@@ -334,7 +336,7 @@ class ProxyExchange:
         if self.req.lost:
             # Refused or abandoned while we were connecting: not one byte of it goes upstream.
             assert self.node is not None
-            self.gateway.pool.release(self.upstream.pool_keys[self.node], up, self.upstream.pool)
+            self.gateway.pool.release(self.pool_key, up, self.upstream.pool)
             self.on_client_lost()
             return
         self.up = up
@@ -728,9 +730,7 @@ class ProxyExchange:
         up, self.up = self.up, None
         if up is not None:
             if reusable and self.body_done:
-                upstream = self.upstream
-                pool_key = upstream.pool_keys[self.node]  # type: ignore[index]
-                self.gateway.pool.release(pool_key, up, upstream.pool)
+                self.gateway.pool.release(self.pool_key, up, self.upstream.pool)
             else:
                 up.close()
         self._done(keep_alive=self.keep_alive, failed=False)
@@ -882,8 +882,9 @@ class ProxyExchange:
             return False
         self.state = _DONE
         self.deadline = None
-        self.tracked = False
-        self.gateway.untrack(self)
+        if self.tracked:
+            self.tracked = False
+            self.gateway.tracked.discard(self)
         self._release_node(failed=failed)
         return True
 

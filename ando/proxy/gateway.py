@@ -82,7 +82,8 @@ class Gateway:
         self.metrics = WorkerMetrics(max_series_of(snapshot.node.observability))
         self.health = HealthRegistry(self.log_event)
         self.draining = False
-        self._tracked: set[ProxyExchange] = set()
+        # Exchanges with a deadline, for the sweep (an exchange leaves with one set.discard).
+        self.tracked: set[ProxyExchange] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle: asyncio.Event | None = None
         self.access_log: AccessLog | None = None
@@ -534,24 +535,21 @@ class Gateway:
 
     def track(self, ex: ProxyExchange) -> None:
         """Exchanges with a deadline are checked by one sweep every 250 ms, not a timer each."""
-        self._tracked.add(ex)
+        self.tracked.add(ex)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(_TIMEOUT_SWEEP, self._sweep)
-
-    def untrack(self, ex: ProxyExchange) -> None:
-        self._tracked.discard(ex)
 
     def _sweep(self) -> None:
         self._sweeper = None
         now = self.loop.time()
-        for ex in [e for e in self._tracked if e.deadline is not None and e.deadline <= now]:
-            self._tracked.discard(ex)
+        for ex in [e for e in self.tracked if e.deadline is not None and e.deadline <= now]:
+            self.tracked.discard(ex)
             ex.tracked = False
             try:
                 ex.on_timeout()
             except Exception as e:  # never let one request's failure stop the sweep
                 self.log_event("timeout_handler_failed", error=repr(e))
-        if self._tracked:
+        if self.tracked:
             self._sweeper = self.loop.call_later(_TIMEOUT_SWEEP, self._sweep)
 
     # --- shutdown -----------------------------------------------------------------------------
