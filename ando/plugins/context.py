@@ -204,7 +204,13 @@ class RequestContext:
     # --- request headers (what the upstream receives) -----------------------------------------
 
     def header(self, name: str) -> str | None:
-        return _first(self._req.headers, _name(name)[1])
+        # _first's scan, inlined: plugins read a request header or two on every request
+        lower = (_names.get(name) or _name(name))[1]
+        n = len(lower)
+        for k, v in self._req.headers:
+            if len(k) == n and k.lower() == lower:
+                return v.decode("latin-1")
+        return None
 
     def header_values(self, name: str) -> list[str]:
         want = _name(name)[1]
@@ -217,9 +223,10 @@ class RequestContext:
     def set_header(self, name: str, value: str) -> None:
         """Replace every value of `name` with `value`."""
         raw = header_bytes(value)
-        key, lower = _name(name)
+        key, lower = _names.get(name) or _name(name)
         headers = self._req.headers
-        _drop(headers, lower)
+        if _index(headers, lower) >= 0:  # usually not: no second call to find out
+            _drop(headers, lower)
         headers.append((key, raw))
 
     def add_header(self, name: str, value: str) -> None:
@@ -257,6 +264,12 @@ class RequestContext:
         for name, value in headers:
             key, lower = _names.get(name) or _name(name)
             entries.append((key, lower, header_bytes(value), False))
+        self.set_response_entries(entries)
+
+    def set_response_entries(self, entries: list[tuple[bytes, bytes, bytes, bool | None]]) -> None:
+        """set_response_headers with the work done: (name, lower-case name, value, False) of
+        distinct names, each value's bytes made of safe parts (digits, or configuration already
+        checked). For the plugins that set the same headers on every request (limit-count)."""
         extra = self.response_headers
         if extra is None:
             self.response_headers = entries

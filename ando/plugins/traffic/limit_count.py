@@ -30,6 +30,9 @@ from ando.plugins.context import RequestContext
 from ando.plugins.traffic.limit_key import LimitKey, rejection
 
 _FAILED = Response(500, {"error_msg": "failed to limit count"})
+_LIMIT = b"X-RateLimit-Limit"
+_REMAINING, _REMAINING_LOWER = b"X-RateLimit-Remaining", b"x-ratelimit-remaining"
+_RESET, _RESET_LOWER = b"X-RateLimit-Reset", b"x-ratelimit-reset"
 
 # INCR the window's counter; the first request of a window starts its expiry. Returns the count
 # and the milliseconds left. (A counter left without expiry, which nothing here makes, is given
@@ -123,7 +126,8 @@ class LimitCount(Plugin):
         super().__init__(conf, build)
         self.count: int = conf["count"]
         self.window: int = conf["time_window"]
-        self.limit_header = str(self.count)
+        # The headers' entries as RequestContext.set_response_entries takes them: made of digits
+        self.limit_entry = (_LIMIT, _LIMIT.lower(), b"%d" % self.count, False)
         self.key = LimitKey(conf["key_type"], conf["key"])
         group = conf.get("group")
         where = f"group:{group}" if group is not None else build.owner
@@ -174,10 +178,10 @@ class LimitCount(Plugin):
         return None
 
     def _headers(self, ctx: RequestContext, remaining: int, reset: int) -> None:
-        ctx.set_response_headers(
-            (
-                ("X-RateLimit-Limit", self.limit_header),
-                ("X-RateLimit-Remaining", str(remaining)),
-                ("X-RateLimit-Reset", str(max(reset, 0))),
-            )
+        ctx.set_response_entries(
+            [
+                self.limit_entry,
+                (_REMAINING, _REMAINING_LOWER, b"%d" % remaining, False),
+                (_RESET, _RESET_LOWER, b"%d" % max(reset, 0), False),
+            ]
         )
