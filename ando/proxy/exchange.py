@@ -368,7 +368,9 @@ class ProxyExchange:
                 if self.body_done:
                     self._send_body_end()
             self.conn.resume_reading()
-        if self.body_done:
+        if self.body_done or not req.has_body:
+            # A request without a body is sent with its head (its on_body_end, still to come
+            # when the head and the end arrived in one read, finds nothing to do).
             self.state = _WAITING
             self._arm(self.timeout.read)
         else:
@@ -498,7 +500,8 @@ class ProxyExchange:
         self.body_done = True
         if self.state == _DONE or self.up is None:
             return
-        self._send_body_end()
+        if self.chunk_in:
+            self._send_body_end()
         if self.state == _SENDING:
             self.state = _WAITING
             self._arm(self.timeout.read)
