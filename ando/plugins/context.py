@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 
 
 # Plugins name the same few headers on every request: each name's bytes, as given and lower-case,
-# are computed once. Bounded, as names may come from requests.
+# are computed (and checked) once. Bounded, as names may come from requests.
 _names: dict[str, tuple[bytes, bytes]] = {}
 
 
 def _name(name: str) -> tuple[bytes, bytes]:
     found = _names.get(name)
     if found is None:
+        # Visible ASCII without ':' (APISIX's validate_header_field): a CR or LF would end the
+        # line early, splitting a response or smuggling a header to the upstream.
+        if not (name and name.isascii() and name.isprintable()) or " " in name or ":" in name:
+            raise ValueError(f"invalid header name: {name[:40]!r}")
         raw = name.encode("latin-1")
         found = (raw, raw.lower())
         if len(_names) < 1024:
@@ -54,6 +58,23 @@ def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
 def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
     i = _index(headers, lower)
     return None if i < 0 else headers[i][1].decode("latin-1")
+
+
+def _lower(name: str) -> bytes:
+    """The lower-case bytes of a name to look up or remove: one no header can have (not visible
+    ASCII, or with ':') is not refused here; it finds nothing."""
+    found = _names.get(name)
+    if found is None:
+        try:
+            found = _name(name)
+        except ValueError:
+            return name.encode("latin-1", "replace").lower()
+    return found[1]
+
+
+def header_name_bytes(name: str) -> bytes:
+    """A header name as sent. Raises ValueError for one that is not visible ASCII without ':'."""
+    return (_names.get(name) or _name(name))[0]
 
 
 def header_bytes(value: str) -> bytes:
@@ -205,7 +226,8 @@ class RequestContext:
 
     def header(self, name: str) -> str | None:
         # _first's scan, inlined: plugins read a request header or two on every request
-        lower = (_names.get(name) or _name(name))[1]
+        found = _names.get(name)
+        lower = found[1] if found is not None else _lower(name)
         n = len(lower)
         for k, v in self._req.headers:
             if len(k) == n and k.lower() == lower:
@@ -213,7 +235,7 @@ class RequestContext:
         return None
 
     def header_values(self, name: str) -> list[str]:
-        want = _name(name)[1]
+        want = _lower(name)
         return [v.decode("latin-1") for k, v in self._req.headers if k.lower() == want]
 
     @property
@@ -233,7 +255,7 @@ class RequestContext:
         self._req.headers.append((_name(name)[0], header_bytes(value)))
 
     def remove_header(self, name: str) -> None:
-        _drop(self._req.headers, _name(name)[1])
+        _drop(self._req.headers, _lower(name))
 
     # --- the upstream request -------------------------------------------------------------------
 
@@ -328,7 +350,7 @@ class ResponseHead:
         self.headers = headers
 
     def get(self, name: str) -> str | None:
-        return _first(self.headers, _name(name)[1])
+        return _first(self.headers, _lower(name))
 
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
@@ -342,7 +364,7 @@ class ResponseHead:
         self.headers.append((_name(name)[0], header_bytes(value)))
 
     def remove(self, name: str) -> None:
-        _drop(self.headers, _name(name)[1])
+        _drop(self.headers, _lower(name))
 
     def items(self) -> list[tuple[str, str]]:
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]

@@ -24,7 +24,7 @@ from ando.observability.access_log import AccessLog, add_tls
 from ando.observability.access_log import configure as configure_access_log
 from ando.observability.metrics import UNMATCHED, WorkerMetrics, max_series_of, request_length
 from ando.plugins.base import Plugin, Response
-from ando.plugins.context import RequestContext, header_bytes
+from ando.plugins.context import RequestContext, header_bytes, header_name_bytes
 from ando.plugins.shared import SharedDict
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.exchange import ProxyExchange
@@ -298,7 +298,7 @@ class Gateway:
         through the response filters like an upstream's would."""
         try:
             headers = [
-                (k.encode("latin-1"), header_bytes(v))
+                (header_name_bytes(k), header_bytes(v))
                 for k, v in resp.headers
                 if k.lower() != "content-type"
             ]
@@ -309,7 +309,7 @@ class Gateway:
         except PluginFailed as e:
             self._plugin_failed(conn, req, ctx, route, e, filters=False)
             return
-        except ValueError as e:  # a header value that would split the response
+        except ValueError as e:  # a header name or value that would split the response
             failure = PluginFailed("?", "answer", e)
             self._plugin_failed(conn, req, ctx, route, failure, filters=False)
             return

@@ -120,6 +120,10 @@ return {
             require("ffi")
         elseif mode == "bytecode" then
             load(string.dump(function() end))
+        elseif mode == "smuggle" then  -- a name that would end the line: a header smuggled up
+            ando.request.set_header("X-A\\r\\nX-Smuggled", "1")
+        elseif mode == "split-answer" then
+            return 200, "x", {["X-A\\r\\nSet-Cookie"] = "evil=1"}
         end
     end,
 }
@@ -226,6 +230,10 @@ return {
         local mode = ando.request.get_arg("mode")
         if mode == "split" then
             r.set_header("X-Split", "a\r\nX-Injected: 1")
+            return
+        end
+        if mode == "split-name" then
+            r.set_header("X-Split\r\nX-Injected", "1")
             return
         end
         if mode == "exit" then  -- exit() does nothing in header_filter; what was set stands
@@ -447,6 +455,17 @@ def test_header_filter_value_that_would_split_the_response_fails_the_request(
     assert "head.lua:" in ev["traceback"]  # refused at the plugin's own line
 
 
+def test_header_names_that_would_split_a_head_fail_the_request(gw: GatewayProcess) -> None:
+    """A header name with CR or LF, set in header_filter or sent with an answer, would end its
+    line early (an injected header): the request fails with a 500 instead. (A request header
+    with one: test_failures_are_500_and_logged's `smuggle`.)"""
+    ev = failed_request_event(gw, "/head-probe?mode=split-name", "invalid header name")
+    assert ev["plugin"] == "head-probe"
+    ev = failed_request_event(gw, "/fail?mode=split-answer", "invalid header name")
+    assert ev["route_id"] == "fail"
+    assert request(gw.port, "GET", "/fail?mode=none").status == 200
+
+
 def test_pdk_log(gw: GatewayProcess) -> None:
     request(gw.port, "GET", "/probe/logged")
     found = gw.wait_events("lua_log", lambda e: e.get("message") == "probe saw /probe/logged")
@@ -483,6 +502,7 @@ def test_response_exit(gw: GatewayProcess) -> None:
         ("io", "attempt to index global 'io' (a nil value)"),
         ("ffi", "module 'ffi' not found"),
         ("bytecode", "attempt to call field 'dump' (a nil value)"),
+        ("smuggle", "invalid header name: 'X-A\\r\\nX-Smuggled'"),
     ],
 )
 def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str) -> None:

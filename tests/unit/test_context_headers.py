@@ -3,7 +3,9 @@ value wins, set replaces every value, and what is not named is left in its order
 
 from __future__ import annotations
 
-from ando.plugins.context import RequestContext, ResponseHead
+import pytest
+
+from ando.plugins.context import RequestContext, ResponseHead, header_name_bytes
 from ando.proxy.pipeline import _merge
 
 
@@ -43,6 +45,33 @@ def test_response_head_get_set_remove() -> None:
     head.add("X-Hello", "c")
     head.remove("X-Hello")
     assert head.headers == [(b"Content-Type", b"text/plain")]
+
+
+@pytest.mark.parametrize("name", ["X-A\r\nSet-Cookie", "X-A\nB", "a b", "X:Y", "", "Ünï", "X\x7f"])
+def test_a_name_no_header_can_have_is_refused_on_write_and_finds_nothing_on_read(name) -> None:
+    """CR or LF in a name would end the header line early (response splitting, a header
+    smuggled upstream): every way a plugin writes a header refuses it, reads find nothing."""
+    head = ResponseHead(200, [(b"A", b"1")])
+    ctx = ctx_with([(b"A", b"1")])
+    for write in (
+        lambda: head.set(name, "v"),
+        lambda: head.add(name, "v"),
+        lambda: ctx.set_header(name, "v"),
+        lambda: ctx.add_header(name, "v"),
+        lambda: ctx.set_response_header(name, "v"),
+        lambda: ctx.add_response_header(name, "v"),
+        lambda: ctx.default_response_header(name, "v"),
+        lambda: header_name_bytes(name),
+    ):
+        with pytest.raises(ValueError, match="invalid header name"):
+            write()
+    assert head.headers == [(b"A", b"1")] and ctx.response_headers is None
+    assert head.get(name) is None and ctx.header(name) is None and ctx.header_values(name) == []
+    head.remove(name)
+    ctx.remove_header(name)
+    assert head.headers == [(b"A", b"1")] and ctx._req.headers == [(b"A", b"1")]
+    # every visible ASCII character but ':' is allowed (APISIX's validate_header_field)
+    assert header_name_bytes("!#$%&'*+-.^_`|~X_1") == b"!#$%&'*+-.^_`|~X_1"
 
 
 def test_merged_response_headers_set_then_add_then_default() -> None:
