@@ -116,7 +116,8 @@ class LuaPlugin(Plugin):
 
 def answer(st: LuaState, name: str, status: Any, body: Any, headers: Any = None) -> Response:
     """The Response for Lua code's `return status, body[, headers]` (or ando.response.exit)."""
-    if not isinstance(status, int | float) or not 100 <= int(status) <= 599:
+    # 200-599: a 1xx would announce another response (the body would be read as one)
+    if not isinstance(status, int | float) or not 200 <= int(status) <= 599:
         raise LuaPluginError(f"Lua plugin {name} answered with status {status!r}")
     # a string body is sent as the Lua string's bytes; a table as JSON
     plain = body.encode("latin-1") if isinstance(body, str) else body

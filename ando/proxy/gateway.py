@@ -36,6 +36,7 @@ from ando.proxy.pipeline import (
     PluginFailed,
     filter_body,
     filter_head,
+    is_final_status,
     run_log_phase,
     run_request_phases,
 )
@@ -297,6 +298,8 @@ class Gateway:
         """A response made by a plugin (or by the gateway for a request with plugins): it goes
         through the response filters like an upstream's would."""
         try:
+            if not is_final_status(resp.status):
+                raise ValueError(f"status {resp.status!r} is not a final HTTP status")
             headers = [
                 (header_name_bytes(k), header_bytes(v))
                 for k, v in resp.headers
@@ -309,7 +312,7 @@ class Gateway:
         except PluginFailed as e:
             self._plugin_failed(conn, req, ctx, route, e, filters=False)
             return
-        except ValueError as e:  # a header name or value that would split the response
+        except ValueError as e:  # a status, header name or value that would break the response
             failure = PluginFailed("?", "answer", e)
             self._plugin_failed(conn, req, ctx, route, failure, filters=False)
             return

@@ -101,8 +101,19 @@ def filter_head(
             entry.fn(ctx, head)
         except Exception as e:
             raise PluginFailed(entry.name, "header_filter", e) from e
-        ctx.status = head.status
+        if head.status != ctx.status:
+            if not is_final_status(head.status):
+                problem = ValueError(f"status {head.status!r} is not a final HTTP status")
+                raise PluginFailed(entry.name, "header_filter", problem)
+            ctx.status = head.status
     return head.status, head.headers
+
+
+def is_final_status(status: object) -> bool:
+    """What a plugin may answer with or turn a response into: three digits, not 1xx. A 1xx
+    would tell the client another response follows (the body after it would be read as one);
+    600-999 are what RFC 9110 tells clients to treat as 5xx (redirect's ret_code allows them)."""
+    return type(status) is int and 200 <= status <= 999
 
 
 def _merge(

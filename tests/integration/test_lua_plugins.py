@@ -124,6 +124,8 @@ return {
             ando.request.set_header("X-A\\r\\nX-Smuggled", "1")
         elseif mode == "split-answer" then
             return 200, "x", {["X-A\\r\\nSet-Cookie"] = "evil=1"}
+        elseif mode == "interim" then  -- a 1xx would announce another response
+            return 101, "x"
         end
     end,
 }
@@ -463,7 +465,21 @@ def test_header_names_that_would_split_a_head_fail_the_request(gw: GatewayProces
     assert ev["plugin"] == "head-probe"
     ev = failed_request_event(gw, "/fail?mode=split-answer", "invalid header name")
     assert ev["route_id"] == "fail"
+    # and an answer with a 1xx status would announce another response
+    ev = failed_request_event(gw, "/fail?mode=interim", "answered with status 101")
+    assert ev["plugin"] == "fail-probe"
     assert request(gw.port, "GET", "/fail?mode=none").status == 200
+
+
+@pytest.mark.parametrize("status", ["100", "101", "99", "1000"])
+def test_header_filter_cannot_turn_a_response_into_an_interim_or_invalid_one(
+    gw: GatewayProcess, status: str
+) -> None:
+    """set_status(101) would tell the client the connection switched protocols (and 100, that
+    the response is still to come): what followed would be read wrongly. A 500 instead."""
+    ev = failed_request_event(gw, f"/probe?status={status}", "is not a final HTTP status")
+    assert ev["plugin"] == "pdk-probe" and ev["phase"] == "header_filter"
+    assert request(gw.port, "GET", "/probe?status=599").status == 599  # the range's end
 
 
 def test_pdk_log(gw: GatewayProcess) -> None:
