@@ -60,6 +60,12 @@ def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
     return None if i < 0 else headers[i][1].decode("latin-1")
 
 
+# The response's framing is the gateway's: it sends the upstream's body as framed upstream, or
+# re-frames it (chunked) when body filters may change it. A plugin's set, add or remove of these
+# is ignored, so no plugin can make a body look longer or shorter than it is.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
 def _lower(name: str) -> bytes:
     """The lower-case bytes of a name to look up or remove: one no header can have (not visible
     ASCII, or with ':') is not refused here; it finds nothing."""
@@ -285,7 +291,9 @@ class RequestContext:
         entries = []
         for name, value in headers:
             key, lower = _names.get(name) or _name(name)
-            entries.append((key, lower, header_bytes(value), False))
+            raw = header_bytes(value)
+            if lower not in _FRAMING:
+                entries.append((key, lower, raw, False))
         self.set_response_entries(entries)
 
     def set_response_entries(self, entries: list[tuple[bytes, bytes, bytes, bool | None]]) -> None:
@@ -302,17 +310,23 @@ class RequestContext:
 
     def add_response_header(self, name: str, value: str) -> None:
         key, lower = _name(name)
+        raw = header_bytes(value)
+        if lower in _FRAMING:
+            return
         if self.response_headers is None:
             self.response_headers = []
-        self.response_headers.append((key, lower, header_bytes(value), True))
+        self.response_headers.append((key, lower, raw, True))
 
     def default_response_header(self, name: str, value: str) -> None:
         """A header for the response unless it already has one of that name (after the other
         response headers plugins set or added): request-id's `include_in_response`."""
         key, lower = _names.get(name) or _name(name)
+        raw = header_bytes(value)
+        if lower in _FRAMING:
+            return
         if self.response_headers is None:
             self.response_headers = []
-        self.response_headers.append((key, lower, header_bytes(value), None))
+        self.response_headers.append((key, lower, raw, None))
 
     # --- consumers ------------------------------------------------------------------------------
 
@@ -355,16 +369,23 @@ class ResponseHead:
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
+        if lower in _FRAMING:
+            return
         headers = self.headers
         if _index(headers, lower) >= 0:  # usually not: no second call to find out
             _drop(headers, lower)
         headers.append((key, raw))
 
     def add(self, name: str, value: str) -> None:
-        self.headers.append((_name(name)[0], header_bytes(value)))
+        raw = header_bytes(value)
+        key, lower = _names.get(name) or _name(name)
+        if lower not in _FRAMING:
+            self.headers.append((key, raw))
 
     def remove(self, name: str) -> None:
-        _drop(self.headers, _lower(name))
+        lower = _lower(name)
+        if lower not in _FRAMING:
+            _drop(self.headers, lower)
 
     def items(self) -> list[tuple[str, str]]:
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]

@@ -146,17 +146,15 @@ def _lines_without(
     named: frozenset[bytes],
     cache: dict[bytes, int],
     kinds: dict[bytes, int],
-    passed: int = _PLAIN,
 ) -> list[bytes]:
-    """The header lines (as pieces) of the headers that are forwarded as they are (kind _PLAIN,
-    or `passed`) and not named by Connection: the rare second pass when a Connection value
-    names headers."""
+    """The header lines (as pieces) of the headers that are forwarded as they are (kind _PLAIN)
+    and not named by Connection: the rare second pass when a Connection value names headers."""
     out: list[bytes] = []
     for name, value in headers:
         kind = cache.get(name)
         if kind is None:
             kind = _classify(name, cache, kinds)
-        if kind in (_PLAIN, passed) and name.lower() not in named:
+        if kind == _PLAIN and name.lower() not in named:
             out += (name, b": ", value, b"\r\n")
     return out
 
@@ -605,23 +603,24 @@ class ProxyExchange:
             if kind is None:
                 kind = _classify(name, _response_kinds, _RESPONSE_KINDS)
             if kind:
+                # Content-Length goes out below, where the framing is decided. It and
+                # Transfer-Encoding are the upstream's: plugins cannot change them (context.py).
                 if kind == _LENGTH:
                     length = value
-                else:
-                    if kind == _CONNECTION:
-                        found = _token_cache.get(value)
-                        if found is None:
-                            found = _named_by_connection(value)
-                        if found:  # every Connection header counts
-                            named = found if named is None else named | found
-                    elif kind == _TE:
-                        chunked = b"chunked" in value.lower()
-                    elif kind == _UPGRADE:
-                        upgrade_value = value
-                    continue
+                elif kind == _CONNECTION:
+                    found = _token_cache.get(value)
+                    if found is None:
+                        found = _named_by_connection(value)
+                    if found:  # every Connection header counts
+                        named = found if named is None else named | found
+                elif kind == _TE:
+                    chunked = b"chunked" in value.lower()
+                elif kind == _UPGRADE:
+                    upgrade_value = value
+                continue
             out += (name, b": ", value, b"\r\n")  # pieces, joined once below
         if named:  # out[:3] is the status line
-            out[3:] = _lines_without(headers, named, _response_kinds, _RESPONSE_KINDS, _LENGTH)
+            out[3:] = _lines_without(headers, named, _response_kinds, _RESPONSE_KINDS)
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:
@@ -638,7 +637,8 @@ class ProxyExchange:
             length = None  # filters may change the body: its length is known only at the end
         keep = req.keep_alive and not self.gateway.draining
         if self.no_body or (length is not None and not chunked):
-            pass
+            if length is not None and status != 204:  # HEAD's, 304's: the upstream's as it is
+                out += (b"Content-Length: ", length, b"\r\n")
         elif req.version == "1.1":
             self.chunk_out = True
             out.append(b"Transfer-Encoding: chunked\r\n")

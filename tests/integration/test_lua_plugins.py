@@ -238,6 +238,10 @@ return {
             r.set_header("X-Split\r\nX-Injected", "1")
             return
         end
+        if mode == "length" then  -- a wrong length: the body that follows is the upstream's
+            r.set_header("Content-Length", "5")
+            return
+        end
         if mode == "exit" then  -- exit() does nothing in header_filter; what was set stands
             r.set_header("X-Before-Exit", "1")
             r.exit(403, "no")
@@ -333,6 +337,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
             {"id": "edit", "uri": "/edit", "upstream": up, "plugins": {"edit-probe": {}}},
             {"id": "shared", "uri": "/shared", "upstream": up, "plugins": {"shared-probe": {}}},
             {"id": "body", "uri": "/chunked", "upstream": up, "plugins": {"body-probe": {}}},
+            {"id": "body-cl", "uri": "/body-cl", "upstream": up, "plugins": {"body-probe": {}}},
             {"id": "guard", "uri": "/guarded", "upstream": up, "plugins": {"body-guard": {}}},
             {"id": "late", "uri": "/late", "upstream": up, "plugins": {"late-body": {}}},
             {"id": "head", "uri": "/head-probe", "upstream": up, "plugins": {"head-probe": {}}},
@@ -605,6 +610,30 @@ def test_pdk_shared_numbers_only(gw: GatewayProcess, mode: str, expect: str) -> 
 
 
 # --- body_filter and the request body ----------------------------------------------------
+
+
+def test_the_gateway_frames_a_filtered_response_itself(gw: GatewayProcess) -> None:
+    """The framing is the gateway's: a body_filter changes the body, so the upstream's
+    Content-Length must not go out with it (and never next to Transfer-Encoding); a header_filter
+    that sets a wrong Content-Length must not cut the body short, leaving the rest to be read as
+    the next response on the connection."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        upper = request(gw.port, "GET", "/body-cl?mode=upper", conn=conn)
+        assert upper.status == 200
+        names = [k.lower() for k, _ in upper.headers]
+        assert "content-length" not in names and "transfer-encoding" in names
+        assert json.loads(upper.body.lower())["path"] == "/body-cl"  # the whole body, upper-cased
+        lied = request(gw.port, "GET", "/head-probe?mode=length", conn=conn)
+        assert lied.status == 200 and lied.json()["path"] == "/head-probe"  # not cut at 5 bytes
+        length = [v for k, v in lied.headers if k.lower() == "content-length"]
+        assert length in ([], [str(len(lied.body))])
+        again = request(gw.port, "GET", "/head-probe", conn=conn)  # the same connection
+        assert again.status == 200 and again.json()["path"] == "/head-probe"
+    finally:
+        conn.close()
 
 
 def test_body_filter_rewrites_chunks(gw: GatewayProcess) -> None:

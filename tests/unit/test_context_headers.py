@@ -74,6 +74,24 @@ def test_a_name_no_header_can_have_is_refused_on_write_and_finds_nothing_on_read
     assert header_name_bytes("!#$%&'*+-.^_`|~X_1") == b"!#$%&'*+-.^_`|~X_1"
 
 
+def test_plugins_cannot_change_the_framing_headers() -> None:
+    """Content-Length and Transfer-Encoding are the gateway's (it frames the body it sends):
+    a plugin's set, add or remove of them is ignored; reading them still works."""
+    upstream = [(b"Content-Length", b"13"), (b"X-A", b"1")]
+    head = ResponseHead(200, list(upstream))
+    head.set("Content-Length", "5")
+    head.add("content-length", "7")
+    head.set("Transfer-Encoding", "chunked")
+    head.remove("CONTENT-LENGTH")
+    assert head.headers == upstream and head.get("content-length") == "13"
+    ctx = ctx_with([])
+    ctx.set_response_header("Content-Length", "5")
+    ctx.add_response_header("Transfer-Encoding", "chunked")
+    ctx.default_response_header("Content-Length", "5")
+    ctx.set_response_headers([("X-B", "2"), ("Content-Length", "5")])
+    assert [e[0] for e in ctx.response_headers or ()] == [b"X-B"]
+
+
 def test_merged_response_headers_set_then_add_then_default() -> None:
     upstream = [(b"X-RateLimit-Limit", b"9"), (b"X-Request-Id", b"from-upstream"), (b"Vary", b"x")]
     extra = [
