@@ -38,10 +38,15 @@ class _HeadDone(Exception):
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# A response head larger than this is refused (502), as nginx refuses one larger than its
+# proxy_buffer_size ("upstream sent too big header"): httptools gathers a header line of any
+# length before handing it over, so an upstream that never ends a line would grow the worker.
+HEAD_MAX = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_head_bytes",
         "_headers",
         "_read_paused",
         "_reason",
@@ -69,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._read_paused = False
+        self._head_bytes = 0  # bytes read of the response head so far; -1 once it is complete
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -84,12 +90,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             listener.on_upstream_tunnel_data(data)
             return
+        if self._head_bytes >= 0:
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if self._head_bytes > HEAD_MAX:  # still in the head (-1 after it)
+                self.closed = True
+                listener.on_upstream_error(f"response head larger than {HEAD_MAX} bytes")
+                return
             if self.listener is listener:
                 listener.on_upstream_flush()
         except _HeadDone:
             self.parser = httptools.HttpResponseParser(self)
+            self._head_bytes = 0
             listener.on_upstream_done(data.endswith(b"\r\n\r\n") or data in (b"\n", b"\r\n"))
         except httptools.HttpParserUpgrade as e:
             self.tunnel = True
@@ -97,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 self.parser = httptools.HttpResponseParser(self)
+                self._head_bytes = 0
                 listener.on_upstream_done(data.endswith(b"\n"))
             else:
                 self.closed = True
@@ -135,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         if 100 <= status < 200 and status != 101:
             return  # interim responses (100 Continue, 103) are not forwarded
+        self._head_bytes = -1
         assert self.listener is not None
         self.listener.on_upstream_head(status, self._reason, headers)
         if self.expect_head and status != 101:
@@ -145,6 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.listener.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
+        self._head_bytes = 0  # the next response's head starts now
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses end here; so does a 101's head (llhttp completes it, then

@@ -352,6 +352,19 @@ def test_broken_response_is_502_not_retried(tmp_path):
         assert len(a.requests) + len(b.requests) == 1
 
 
+def test_a_response_head_past_the_limit_is_502_and_reading_stops(tmp_path):
+    """An upstream that never ends a header line would grow the worker without bound (httptools
+    gathers a whole line first): past 64 KiB of head the gateway answers 502, as nginx does past
+    its proxy_buffer_size. A large head under the limit goes through."""
+    with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
+        started = time.monotonic()
+        assert_json_error(request(gw.port, "GET", "/huge-head?kb=4096"), 502)
+        assert time.monotonic() - started < 5
+        r = request(gw.port, "GET", "/huge-head?kb=48&end=1")
+        assert r.status == 200 and r.header("X-Big") == "a" * 48 * 1024
+        assert request(gw.port, "GET", "/ok").status == 200  # the gateway keeps serving
+
+
 def test_truncated_response_is_aborted(tmp_path):
     with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
         r = request(gw.port, "GET", "/truncate")

@@ -10,6 +10,8 @@ It speaks through real sockets (parsed with httptools) and can misbehave on requ
   /close-delimited      a response with no length, ended by closing the connection
   /truncate             promises Content-Length 100, sends 10 bytes, closes
   /broken               an invalid response head
+  /huge-head?kb=N       a head with an N KiB header line, then (with &end=1) an empty 200 body;
+                        without `end` it never finishes
   /reset                closes the connection without answering
   anything else         200 with a JSON echo: server name, method, path, query, headers, body
                         length and sha256 (the body is read fully, chunked or not)
@@ -107,6 +109,14 @@ class _Conn(asyncio.Protocol):
             return
         if path == "/broken":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nxx")
+            return
+        if path == "/huge-head":
+            t.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+            for _ in range(int(q.get("kb", "1024"))):
+                t.write(b"a" * 1024)
+                await asyncio.sleep(0)
+            if q.get("end"):
+                t.write(b"\r\nContent-Length: 0\r\n\r\n")
             return
         if path == "/truncate":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
