@@ -523,6 +523,11 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
         if self._header_bytes > limits.max_header_size:
             raise _Refuse(431, "request header fields too large")
+        if req.method:
+            # A trailer field, after a chunked body (the head set the method): counted above,
+            # then dropped, as nginx does; a Host or Content-Length there must not change the
+            # request already on its way (RFC 9110 6.5.1).
+            return
         kind = _header_kinds.get(name)
         if kind is None:
             kind = _header_kind(name)

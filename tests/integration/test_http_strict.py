@@ -676,6 +676,22 @@ def test_chunked_request_body_forwarded_intact(env):
     assert dict(echo["headers"]).get("Transfer-Encoding") == "chunked"
 
 
+def test_trailer_fields_are_dropped_and_change_nothing(env):
+    """Trailers come after the request went upstream: a Host there is not a second Host (no
+    refusal mid-body), and no trailer reaches the upstream. (llhttp itself refuses a
+    Content-Length or Transfer-Encoding trailer: a 400.)"""
+    trailers = b"Host: evil.example\r\nX-Trailer: t\r\n\r\n"
+    with Raw(env.port) as c:
+        c.send(b"POST /trailers HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n")
+        c.send(b"3\r\nabc\r\n0\r\n" + trailers)
+        r = c.read_response()
+        assert r.status == 200 and r.json()["body_len"] == 3 and r.trailer == b""
+        c.send(b"GET /after HTTP/1.1\r\n" + H + b"\r\n")  # the connection goes on
+        assert c.read_response().status == 200
+    seen = [x for x in env.all_requests() if x["path"] == "/trailers"]
+    assert len(seen) == 1 and "X-Trailer" not in dict(seen[0]["headers"])
+
+
 # --- limits ----------------------------------------------------------------------------------------
 
 
