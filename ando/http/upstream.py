@@ -44,6 +44,18 @@ WRITE_LOW_WATER = 64 * 1024
 HEAD_MAX = 64 * 1024
 
 
+class _DroppedTrailers:
+    """Where a response's trailer fields go: nowhere."""
+
+    __slots__ = ()
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        pass
+
+
+_TRAILERS: list[tuple[bytes, bytes]] = _DroppedTrailers()  # type: ignore[assignment]
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_head_bytes",
@@ -102,7 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
                 listener.on_upstream_flush()
         except _HeadDone:
             self.parser = httptools.HttpResponseParser(self)
-            self._head_bytes = 0
+            self._head_bytes, self._headers = 0, []
             listener.on_upstream_done(data.endswith(b"\r\n\r\n") or data in (b"\n", b"\r\n"))
         except httptools.HttpParserUpgrade as e:
             self.tunnel = True
@@ -110,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
                 self.parser = httptools.HttpResponseParser(self)
-                self._head_bytes = 0
+                self._head_bytes, self._headers = 0, []
                 listener.on_upstream_done(data.endswith(b"\n"))
             else:
                 self.closed = True
@@ -142,13 +154,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name, value))  # after the head: _TRAILERS, which drops them
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        headers, self._headers = self._headers, []
+        headers = self._headers
         if 100 <= status < 200 and status != 101:
+            self._headers = []
             return  # interim responses (100 Continue, 103) are not forwarded
+        # What httptools reports as headers from now on are trailer fields: dropped (as nginx
+        # does by default). Kept, they would be headers of the next response on this
+        # connection, another client's.
+        self._headers = _TRAILERS
         self._head_bytes = -1
         assert self.listener is not None
         self.listener.on_upstream_head(status, self._reason, headers)
@@ -161,6 +178,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0  # the next response's head starts now
+        self._headers = []
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             # Interim responses end here; so does a 101's head (llhttp completes it, then

@@ -365,6 +365,18 @@ def test_a_response_head_past_the_limit_is_502_and_reading_stops(tmp_path):
         assert request(gw.port, "GET", "/ok").status == 200  # the gateway keeps serving
 
 
+def test_an_upstream_trailer_is_dropped_not_given_to_the_next_response(tmp_path):
+    """Trailer fields of a chunked response arrive after its head: they are not headers of the
+    next response on that (pooled) upstream connection, which may be another client's."""
+    with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
+        r = request(gw.port, "GET", "/chunked?n=2&size=3&trailer=1")
+        assert r.status == 200 and r.body == b"aaabbb" and r.header("X-Trailer-Leak") is None
+        for _ in range(3):
+            r = request(gw.port, "GET", "/next")
+            assert r.status == 200 and r.header("X-Trailer-Leak") is None
+    assert a.connections == 1  # the same upstream connection served them all
+
+
 def test_truncated_response_is_aborted(tmp_path):
     with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
         r = request(gw.port, "GET", "/truncate")

@@ -5,7 +5,8 @@ It speaks through real sockets (parsed with httptools) and can misbehave on requ
   /status/NNN           answer status NNN (body says so, except 204/304)
   /delay?ms=N           wait N ms, then answer
   /hang                 never answer
-  /chunked?n=K&size=S   a chunked response of K chunks of S bytes
+  /chunked?n=K&size=S   a chunked response of K chunks of S bytes (&trailer=1: ends with a trailer
+                        field, X-Trailer-Leak)
   /stream?bytes=N       a Content-Length response of N bytes, written in 64 KiB pieces
   /close-delimited      a response with no length, ended by closing the connection
   /truncate             promises Content-Length 100, sends 10 bytes, closes
@@ -133,7 +134,7 @@ class _Conn(asyncio.Protocol):
                 chunk = bytes([97 + i % 26]) * size
                 t.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await asyncio.sleep(0)
-            t.write(b"0\r\n\r\n")
+            t.write(b"0\r\nX-Trailer-Leak: yes\r\n\r\n" if q.get("trailer") else b"0\r\n\r\n")
             return
         if path == "/stream":
             total = int(q.get("bytes", "1048576"))
