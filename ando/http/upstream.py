@@ -151,7 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp hands the reason phrase over in pieces when it spans reads; none at all when
+        # the status line has none (on_headers_complete resets it for the next response)
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))  # after the head: _TRAILERS, which drops them
@@ -159,6 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers = self._headers
+        reason, self._reason = self._reason, b""
         if 100 <= status < 200 and status != 101:
             self._headers = []
             return  # interim responses (100 Continue, 103) are not forwarded
@@ -168,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = _TRAILERS
         self._head_bytes = -1
         assert self.listener is not None
-        self.listener.on_upstream_head(status, self._reason, headers)
+        self.listener.on_upstream_head(status, reason, headers)
         if self.expect_head and status != 101:
             raise _HeadDone
 

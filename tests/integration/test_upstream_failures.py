@@ -377,6 +377,24 @@ def test_an_upstream_trailer_is_dropped_not_given_to_the_next_response(tmp_path)
     assert a.connections == 1  # the same upstream connection served them all
 
 
+def test_the_reason_phrase_is_the_responses_own(tmp_path):
+    """A reason phrase that arrives in two reads is forwarded whole, and a response without one
+    gets the standard phrase, never the one of the response before it on the connection."""
+    with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+        try:
+            for path, status, reason, body in (
+                ("/split-status", 404, "Not Found", b"no"),
+                ("/no-reason", 200, "OK", b"ok"),
+            ):
+                conn.request("GET", path)
+                r = conn.getresponse()
+                assert (r.status, r.reason, r.read()) == (status, reason, body)
+        finally:
+            conn.close()
+    assert a.connections == 1  # both on one upstream connection
+
+
 def test_truncated_response_is_aborted(tmp_path):
     with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
         r = request(gw.port, "GET", "/truncate")

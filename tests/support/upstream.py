@@ -11,6 +11,8 @@ It speaks through real sockets (parsed with httptools) and can misbehave on requ
   /close-delimited      a response with no length, ended by closing the connection
   /truncate             promises Content-Length 100, sends 10 bytes, closes
   /broken               an invalid response head
+  /split-status         404 "Not Found", its status line written in two pieces 50 ms apart
+  /no-reason            a 200 whose status line has no reason phrase ("HTTP/1.1 200")
   /huge-head?kb=N       a head with an N KiB header line, then (with &end=1) an empty 200 body;
                         without `end` it never finishes
   /reset                closes the connection without answering
@@ -110,6 +112,14 @@ class _Conn(asyncio.Protocol):
             return
         if path == "/broken":
             t.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nxx")
+            return
+        if path == "/split-status":
+            t.write(b"HTTP/1.1 404 Not F")
+            await asyncio.sleep(0.05)
+            t.write(b"ound\r\nContent-Length: 2\r\n\r\nno")
+            return
+        if path == "/no-reason":
+            t.write(b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok")
             return
         if path == "/huge-head":
             t.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
