@@ -35,6 +35,12 @@ def _name(name: str) -> tuple[bytes, bytes]:
     return found
 
 
+# llhttp drops the whitespace before a header value but keeps the whitespace after it, which is
+# not part of the value (RFC 9110 5.5; nginx trims it): values are read without it. The bytes
+# forwarded stay as received.
+_OWS = " \t"
+
+
 def _index(headers: list[tuple[bytes, bytes]], lower: bytes) -> int:
     """Where the first header named `lower` (in any case) is, or -1. A scan (heads are short;
     a Python loop beats joining the names for one C search, measured); a name of another
@@ -57,7 +63,7 @@ def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
 
 def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
     i = _index(headers, lower)
-    return None if i < 0 else headers[i][1].decode("latin-1")
+    return None if i < 0 else headers[i][1].decode("latin-1").rstrip(_OWS)
 
 
 # The response's framing is the gateway's: it sends the upstream's body as framed upstream, or
@@ -237,16 +243,18 @@ class RequestContext:
         n = len(lower)
         for k, v in self._req.headers:
             if len(k) == n and k.lower() == lower:
-                return v.decode("latin-1")
+                return v.decode("latin-1").rstrip(_OWS)
         return None
 
     def header_values(self, name: str) -> list[str]:
         want = _lower(name)
-        return [v.decode("latin-1") for k, v in self._req.headers if k.lower() == want]
+        return [v.decode("latin-1").rstrip(_OWS) for k, v in self._req.headers if k.lower() == want]
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._req.headers]
+        return [
+            (k.decode("latin-1"), v.decode("latin-1").rstrip(_OWS)) for k, v in self._req.headers
+        ]
 
     def set_header(self, name: str, value: str) -> None:
         """Replace every value of `name` with `value`."""
@@ -388,4 +396,4 @@ class ResponseHead:
             _drop(self.headers, lower)
 
     def items(self) -> list[tuple[str, str]]:
-        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
+        return [(k.decode("latin-1"), v.decode("latin-1").rstrip(_OWS)) for k, v in self.headers]

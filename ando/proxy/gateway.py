@@ -581,4 +581,4 @@ class Gateway:
 
 def _header_text(req: Request, name: bytes) -> str | None:
     value = req.header(name)
-    return value.decode("latin-1") if value is not None else None
+    return value.decode("latin-1").rstrip(" \t") if value is not None else None

@@ -49,7 +49,8 @@ class Vars(Request):
         if name.startswith("http_"):
             want = name[5:].replace("_", "-").encode().lower()
             value = req.header(want)
-            return value.decode("latin-1") if value is not None else None
+            # without the trailing whitespace llhttp leaves on a value (nginx trims it too)
+            return value.decode("latin-1").rstrip(" \t") if value is not None else None
         if name.startswith("arg_"):
             if self._args is None:
                 self._args = {}

@@ -6,6 +6,7 @@ an authenticated route through an unauthenticated one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,21 @@ def test_the_consumer_name_reaches_the_upstream_and_a_client_cannot_forge_it(gw)
     # on a route without auth, a client-sent consumer name never reaches the upstream
     r = request(gw.port, path="/public/x", headers={"X-Consumer-Username": "jack"})
     assert "x-consumer-username" not in echoed_headers(r)
+
+
+def test_whitespace_after_the_key_is_not_part_of_it(gw):
+    """llhttp leaves the whitespace after a header value in it; it is not part of the value
+    (RFC 9110 5.5) and nginx trims it, so a key followed by spaces or a tab still matches."""
+    for sent in (b"jill-key   ", b"jill-key\t "):
+        reply = raw_request(
+            gw.port,
+            b"GET /admin/x HTTP/1.1\r\nHost: a\r\napikey: " + sent + b"\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        echo = json.loads(reply.partition(b"\r\n\r\n")[2])
+        names = {k.lower(): v for k, v in echo["headers"]}
+        assert names["x-consumer-username"] == "jill"
 
 
 def test_key_in_the_query_and_hide_credentials(gw):
