@@ -72,6 +72,12 @@ def _first(headers: list[tuple[bytes, bytes]], lower: bytes) -> str | None:
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
+# The X-Forwarded-* headers a plugin may set in place of the gateway's (APISIX: proxy-rewrite's
+# X-Forwarded-Proto for TLS ended in front of the gateway). A client's are never forwarded;
+# X-Forwarded-For and X-Real-IP stay the gateway's (real-ip changes the address they carry).
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-port", b"x-forwarded-host"})
+
+
 def _lower(name: str) -> bytes:
     """The lower-case bytes of a name to look up or remove: one no header can have (not visible
     ASCII, or with ':') is not refused here; it finds nothing."""
@@ -111,6 +117,7 @@ class RequestContext:
         "consumer",
         "consumer_group_id",
         "credential_id",
+        "forwarded",
         "latency",
         "lua_ctx",
         "response_headers",
@@ -142,6 +149,9 @@ class RequestContext:
         self.consumer: Any = None  # ando.config.snapshot.Consumer once a plugin identified one
         self.consumer_group_id: str | None = None
         self.credential_id: str | None = None
+        # X-Forwarded-Proto/-Port/-Host a plugin set (proxy-rewrite): sent instead of the
+        # gateway's own, as APISIX does; lower-case name -> value.
+        self.forwarded: dict[bytes, bytes] | None = None
         self.upstream_uri: str | None = None  # path[?query] sent upstream, when rewritten
         self.upstream_method: str | None = None
         self.upstream_host: str | None = None  # the Host header sent upstream, when rewritten
@@ -264,9 +274,20 @@ class RequestContext:
         if _index(headers, lower) >= 0:  # usually not: no second call to find out
             _drop(headers, lower)
         headers.append((key, raw))
+        if lower in _FORWARDED:
+            self._forward(lower, raw)
 
     def add_header(self, name: str, value: str) -> None:
-        self._req.headers.append((_name(name)[0], header_bytes(value)))
+        raw = header_bytes(value)
+        key, lower = _names.get(name) or _name(name)
+        self._req.headers.append((key, raw))
+        if lower in _FORWARDED:
+            self._forward(lower, raw)
+
+    def _forward(self, lower: bytes, raw: bytes) -> None:
+        if self.forwarded is None:
+            self.forwarded = {}
+        self.forwarded[lower] = raw
 
     def remove_header(self, name: str) -> None:
         _drop(self._req.headers, _lower(name))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ando.http.server import HttpConnection, json_error, reason_phrase
 from ando.http.upstream import UpstreamConnection, open_connection
@@ -139,6 +139,23 @@ def _named_by_connection(value: bytes) -> frozenset[bytes]:
         if len(_token_cache) < _KIND_CACHE_MAX:
             _token_cache[value] = found
     return found
+
+
+def _forwarded_lines(req: Any, client: bytes, plugin_set: dict[bytes, bytes]) -> bytes:
+    """X-Real-IP and X-Forwarded-Proto, -Port and -Host, with the values a plugin set (proxy-
+    rewrite) in place of the gateway's, in the order the memoized lines have."""
+    get = plugin_set.get
+    return (
+        b"X-Real-IP: "
+        + client
+        + b"\r\nX-Forwarded-Proto: "
+        + get(b"x-forwarded-proto", req.scheme.encode())
+        + b"\r\nX-Forwarded-Port: "
+        + get(b"x-forwarded-port", b"%d" % req.server_port)
+        + b"\r\nX-Forwarded-Host: "
+        + get(b"x-forwarded-host", req.host.encode())
+        + b"\r\n"
+    )
 
 
 def _lines_without(
@@ -446,12 +463,15 @@ class ProxyExchange:
             lines.append(b"X-Forwarded-For: " + xff + b", " + fwd[0] + b"\r\n")
         else:
             lines.append(fwd[1])
-        lines.append(fwd[2])
-        host_name = req.host  # one str per spelling (parse_host's cache): compared by identity
-        if fwd[4] is not host_name:
-            host_line = b"X-Forwarded-Host: " + host_name.encode() + b"\r\n"
-            fwd = self.conn.handler_data = (*fwd[:4], host_name, host_line)
-        lines.append(fwd[5])
+        if pctx is None or pctx.forwarded is None:
+            lines.append(fwd[2])
+            host_name = req.host  # one str per spelling (parse_host's cache): by identity
+            if fwd[4] is not host_name:
+                host_line = b"X-Forwarded-Host: " + host_name.encode() + b"\r\n"
+                fwd = self.conn.handler_data = (*fwd[:4], host_name, host_line)
+            lines.append(fwd[5])
+        else:
+            lines.append(_forwarded_lines(req, fwd[0], pctx.forwarded))
         if pctx is not None and pctx.consumer is not None:
             lines.append(b"X-Consumer-Username: " + pctx.consumer.username.encode() + b"\r\n")
             if pctx.credential_id:

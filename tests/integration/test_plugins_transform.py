@@ -85,6 +85,16 @@ def gw(up, tls_port, tmp_path_factory) -> Iterator[GatewayProcess]:
                 },
             ),
             route("/pr/method", {"proxy-rewrite": {"method": "POST"}}),
+            route(
+                "/pr/fwd",
+                {
+                    "proxy-rewrite": {
+                        "headers": {
+                            "set": {"X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"}
+                        }
+                    }
+                },
+            ),
             route("/pr/host", {"proxy-rewrite": {"host": "backend.internal:8080"}}),
             route(
                 "/pr/hdr-old",
@@ -287,6 +297,18 @@ def test_method_and_host(gw):
     assert e["method"] == "POST"
     e = proxied(gw, "/pr/host")
     assert one(e, "host") == "backend.internal:8080"
+
+
+def test_x_forwarded_proto_and_port_set_by_proxy_rewrite_replace_the_gateways(gw):
+    """TLS ended in front of the gateway: proxy-rewrite tells the upstream so (APISIX honours
+    it). The values are the plugin's, once each; a client's own are never forwarded."""
+    spoof = {"X-Forwarded-Proto": "gopher", "X-Forwarded-Port": "1", "X-Forwarded-Host": "evil"}
+    seen = echoed_headers(request(gw.port, path="/pr/fwd", headers=spoof))
+    assert seen["x-forwarded-proto"] == ["https"] and seen["x-forwarded-port"] == ["443"]
+    assert seen["x-forwarded-host"] == ["127.0.0.1"] and seen["x-real-ip"] == ["127.0.0.1"]
+    seen = echoed_headers(request(gw.port, path="/pr/method", headers=spoof))
+    assert seen["x-forwarded-proto"] == ["http"] and seen["x-forwarded-port"] == [str(gw.port)]
+    assert seen["x-forwarded-host"] == ["127.0.0.1"]
 
 
 def test_headers_in_the_old_form_are_set(gw):
