@@ -290,7 +290,10 @@ class RequestContext:
         self.forwarded[lower] = raw
 
     def remove_header(self, name: str) -> None:
-        _drop(self._req.headers, _lower(name))
+        lower = _lower(name)
+        _drop(self._req.headers, lower)
+        if self.forwarded is not None:
+            self.forwarded.pop(lower, None)  # the gateway's own value again
 
     # --- the upstream request -------------------------------------------------------------------
 

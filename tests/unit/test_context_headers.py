@@ -92,6 +92,19 @@ def test_plugins_cannot_change_the_framing_headers() -> None:
     assert [e[0] for e in ctx.response_headers or ()] == [b"X-B"]
 
 
+def test_forwarded_headers_a_plugin_sets_are_kept_apart_until_it_removes_them() -> None:
+    """The exchange sends these instead of its own X-Forwarded-* values; a remove gives the
+    gateway's own back. Other names are not recorded."""
+    ctx = ctx_with([(b"X-Forwarded-Proto", b"gopher")])  # a client's, never recorded
+    assert ctx.forwarded is None
+    ctx.set_header("x-forwarded-proto", "https")
+    ctx.add_header("X-Forwarded-Port", "443")
+    ctx.set_header("X-Other", "1")
+    assert ctx.forwarded == {b"x-forwarded-proto": b"https", b"x-forwarded-port": b"443"}
+    ctx.remove_header("X-Forwarded-Proto")
+    assert ctx.forwarded == {b"x-forwarded-port": b"443"}
+
+
 def test_merged_response_headers_set_then_add_then_default() -> None:
     upstream = [(b"X-RateLimit-Limit", b"9"), (b"X-Request-Id", b"from-upstream"), (b"Vary", b"x")]
     extra = [
