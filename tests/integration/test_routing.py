@@ -190,6 +190,22 @@ def test_route_table(servers, method, path, headers, expected):
         assert resp.status == 200, resp.body
 
 
+def test_cookie_variables_read_every_cookie_header(servers):
+    """nginx's $http_cookie (and APISIX's cookie_* variables) join all Cookie headers: an HTTP/2
+    hop in front of the gateway may send each cookie in a header of its own."""
+    gw, _, _ = servers
+    rid = "routing-two-cookies"
+    cookies = [("Cookie", "a=1"), ("Cookie", "team=blue"), ("X-Request-Id", rid)]
+    resp = request(gw.port, "GET", "/v?skip=yes", headers=cookies)
+    assert resp.status == 200
+    deadline = time.monotonic() + 5
+    lines: list[dict] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [ln for ln in gw.access_log_lines() if ln.get("request_id") == rid]
+        time.sleep(0.02)
+    assert lines and lines[0]["route_id"] == "v-cookie"
+
+
 def test_service_route_goes_to_service_upstream(servers):
     gw, _, svc = servers
     resp, line = send(gw, "GET", "/s/abc", {"Host": "svc.example.com"})
