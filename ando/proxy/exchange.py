@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ando.http.server import HttpConnection, json_error, reason_phrase
 from ando.http.upstream import UpstreamConnection, open_connection
@@ -141,7 +141,7 @@ def _named_by_connection(value: bytes) -> frozenset[bytes]:
     return found
 
 
-def _forwarded_lines(req: Any, client: bytes, plugin_set: dict[bytes, bytes]) -> bytes:
+def _forwarded_lines(req: Vars, client: bytes, plugin_set: dict[bytes, bytes]) -> bytes:
     """X-Real-IP and X-Forwarded-Proto, -Port and -Host, with the values a plugin set (proxy-
     rewrite) in place of the gateway's, in the order the memoized lines have."""
     get = plugin_set.get
