@@ -48,7 +48,7 @@ class Vars(Request):
             return simple(self)
         if name.startswith("http_"):
             want = name[5:].replace("_", "-").encode().lower()
-            value = req.header(want) if want != b"cookie" else self._cookie_header()
+            value = self._joined(want, b"; " if want == b"cookie" else b", ")
             # without the trailing whitespace llhttp leaves on a value (nginx trims it too)
             return value.decode("latin-1").rstrip(" \t") if value is not None else None
         if name.startswith("arg_"):
@@ -59,19 +59,21 @@ class Vars(Request):
             return self._args.get(name[4:])
         if name.startswith("cookie_"):
             if self._cookies is None:
-                self._cookies = _parse_cookies(self._cookie_header())
+                self._cookies = _parse_cookies(self._joined(b"cookie", b"; "))
             return self._cookies.get(name[7:])
         return None
 
     __call__ = get
 
-    def _cookie_header(self) -> bytes | None:
-        """Every Cookie header, joined with "; " as nginx's $http_cookie (and so APISIX's
-        cookie_* variables) has them: an HTTP/2 hop in front may split cookies over several."""
-        found = [v for k, v in self.headers if len(k) == 6 and k.lower() == b"cookie"]
+    def _joined(self, lower: bytes, sep: bytes) -> bytes | None:
+        """Every header named `lower`, joined with `sep`, as nginx's $http_NAME has them
+        (since 1.23: ", ", and "; " for Cookie, so APISIX's cookie_* variables see them all):
+        an HTTP/2 hop in front may split cookies over several headers."""
+        n = len(lower)
+        found = [v for k, v in self.headers if len(k) == n and k.lower() == lower]
         if len(found) < 2:
             return found[0] if found else None
-        return b"; ".join(v.rstrip(b" \t") for v in found)
+        return sep.join(v.rstrip(b" \t") for v in found)
 
 
 def _parse_cookies(raw: bytes | None) -> dict[str, str]:
