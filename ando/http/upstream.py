@@ -113,16 +113,14 @@ class UpstreamConnection(asyncio.Protocol):
             if self.listener is listener:
                 listener.on_upstream_flush()
         except _HeadDone:
-            self.parser = httptools.HttpResponseParser(self)
-            self._head_bytes, self._headers = 0, []
+            self._after_head_only()
             listener.on_upstream_done(data.endswith(b"\r\n\r\n") or data in (b"\n", b"\r\n"))
         except httptools.HttpParserUpgrade as e:
             self.tunnel = True
             listener.on_upstream_upgrade(data[e.args[0] :])
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadDone):
-                self.parser = httptools.HttpResponseParser(self)
-                self._head_bytes, self._headers = 0, []
+                self._after_head_only()
                 listener.on_upstream_done(data.endswith(b"\n"))
             else:
                 self.closed = True
@@ -130,6 +128,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self.closed = True
             listener.on_upstream_error(f"invalid response from upstream: {e}")
+
+    def _after_head_only(self) -> None:
+        """A response to HEAD ended at its head (the parser was stopped there, so it never saw
+        the message end): a new parser, and the next response's head counted from nothing."""
+        self.parser = httptools.HttpResponseParser(self)
+        self._head_bytes, self._headers = 0, []
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
