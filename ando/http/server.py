@@ -286,16 +286,33 @@ class _Refuse(Exception):
         self.message = message
 
 
-_date_cache: list[Any] = [0, b""]
+SERVER = b"ando"  # the Server header of every response (nginx and APISIX name themselves too)
+# the second, its Date value, the gateway's header lines, the same as (name, value) pairs
+_date_cache: list[Any] = [0, b"", b"", []]
 
 
-def http_date() -> bytes:
-    """The Date header value, formatted at most once per second."""
+def _date_now() -> list[Any]:
+    cache = _date_cache
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode()
-    return _date_cache[1]
+    if cache[0] != now:
+        date = formatdate(now, usegmt=True).encode()
+        lines = b"Date: " + date + b"\r\nServer: " + SERVER + b"\r\n"
+        cache[:] = (now, date, lines, [(b"Date", date), (b"Server", SERVER)])
+    return cache
+
+
+def gateway_lines() -> bytes:
+    """`Date` and `Server` header lines as the gateway sends them on every response, its own
+    and proxied ones: an upstream's are replaced, as nginx and APISIX do (the backend's software
+    stays private, and RFC 9110 6.6.1 has a proxy add the Date an upstream left out).
+    Formatted at most once per second."""
+    return _date_now()[2]
+
+
+def gateway_headers() -> list[tuple[bytes, bytes]]:
+    """The same two headers as (name, value) pairs, for a response whose headers plugins see
+    (shared: copy before changing it)."""
+    return _date_now()[3]
 
 
 def json_error(status: int, message: str) -> bytes:
@@ -689,15 +706,15 @@ class HttpConnection(asyncio.Protocol):
         *,
         content_type: bytes = b"application/json",
         close: bool = False,
+        own_lines: bool = True,
     ) -> int:
         """A complete response made by the gateway itself (errors, redirects, mocks).
-        Returns the bytes written."""
+        Returns the bytes written. `own_lines=False`: `headers` already hold Date and Server
+        (gateway_headers, maybe changed by plugins)."""
         keep = req.keep_alive and not close and (req.body_done or not req.has_body)
-        head = [
-            b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode()),
-            b"Date: " + http_date() + b"\r\n",
-            b"Server: ando\r\n",
-        ]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status).encode())]
+        if own_lines:
+            head.append(gateway_lines())
         if status in (204, 304):
             body = b""  # these never have a body: a Content-Length would make the client wait
         else:

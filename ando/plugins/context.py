@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from ando.http.server import gateway_headers
+
 if TYPE_CHECKING:
     from ando.plugins.chain import PluginChain
 
@@ -76,6 +78,12 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # X-Forwarded-Proto for TLS ended in front of the gateway). A client's are never forwarded;
 # X-Forwarded-For and X-Real-IP stay the gateway's (real-ip changes the address they carry).
 _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-port", b"x-forwarded-host"})
+
+# A response's Date and Server are the gateway's (ando.http.server.gateway_lines): an upstream's
+# are not sent. A header filter that reads or changes either first gets the gateway's in place of
+# the upstream's (ResponseHead.take_date_server), as APISIX sets its Server before plugins run.
+_DATE_SERVER = frozenset({b"date", b"server"})
+_SPECIAL = _FRAMING | _DATE_SERVER
 
 
 def _lower(name: str) -> bytes:
@@ -389,20 +397,37 @@ class RequestContext:
 class ResponseHead:
     """The response status and headers as `header_filter` sees them, before they are sent."""
 
-    __slots__ = ("headers", "status")
+    __slots__ = ("date_server", "headers", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, status: int, headers: list[tuple[bytes, bytes]], date_server: bool = False
+    ) -> None:
         self.status = status
         self.headers = headers
+        # True once `headers` hold the Date and Server the client gets (the gateway's, or what
+        # plugins made of them); False while they may hold an upstream's, which are not sent.
+        self.date_server = date_server
+
+    def take_date_server(self) -> None:
+        """Put the gateway's Date and Server in place of any the headers have."""
+        self.date_server = True
+        kept = [h for h in self.headers if h[0].lower() not in _DATE_SERVER]
+        self.headers = [*gateway_headers(), *kept]
 
     def get(self, name: str) -> str | None:
-        return _first(self.headers, _lower(name))
+        lower = _lower(name)
+        if lower in _DATE_SERVER and not self.date_server:
+            self.take_date_server()
+        return _first(self.headers, lower)
 
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
-        if lower in _FRAMING:
-            return
+        if lower in _SPECIAL:
+            if lower in _FRAMING:
+                return
+            if not self.date_server:
+                self.take_date_server()
         headers = self.headers
         if _index(headers, lower) >= 0:  # usually not: no second call to find out
             _drop(headers, lower)
@@ -411,13 +436,23 @@ class ResponseHead:
     def add(self, name: str, value: str) -> None:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
-        if lower not in _FRAMING:
-            self.headers.append((key, raw))
+        if lower in _SPECIAL:
+            if lower in _FRAMING:
+                return
+            if not self.date_server:
+                self.take_date_server()
+        self.headers.append((key, raw))
 
     def remove(self, name: str) -> None:
         lower = _lower(name)
-        if lower not in _FRAMING:
-            _drop(self.headers, lower)
+        if lower in _SPECIAL:
+            if lower in _FRAMING:
+                return
+            if not self.date_server:
+                self.take_date_server()
+        _drop(self.headers, lower)
 
     def items(self) -> list[tuple[str, str]]:
+        if not self.date_server:
+            self.take_date_server()
         return [(k.decode("latin-1"), v.decode("latin-1").rstrip(_OWS)) for k, v in self.headers]

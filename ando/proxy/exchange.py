@@ -22,7 +22,12 @@ import time
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from ando.http.server import HttpConnection, json_error, reason_phrase
+from ando.http.server import (
+    HttpConnection,
+    gateway_lines,
+    json_error,
+    reason_phrase,
+)
 from ando.http.upstream import UpstreamConnection, open_connection
 from ando.plugins.context import RequestContext
 from ando.proxy.balancer import NOTHING_TRIED, Node
@@ -99,7 +104,7 @@ def _connection_tokens(value: bytes) -> set[bytes]:
 
 # Header names classified once per spelling, not lower-cased per request: a name seen before is
 # one dict lookup. Bounded, since names come from clients and upstreams.
-_PLAIN, _DROP, _CONNECTION, _XFF, _TE, _UPGRADE, _LENGTH = range(7)
+_PLAIN, _DROP, _CONNECTION, _XFF, _TE, _UPGRADE, _LENGTH, _GATEWAY = range(8)
 _KIND_CACHE_MAX = 4096
 _request_kinds: dict[bytes, int] = {}
 _response_kinds: dict[bytes, int] = {}
@@ -120,6 +125,9 @@ _RESPONSE_KINDS = {
     b"transfer-encoding": _TE,
     b"upgrade": _UPGRADE,
     b"content-length": _LENGTH,
+    # the gateway's own (server.gateway_lines): an upstream's are replaced, as nginx does
+    b"date": _GATEWAY,
+    b"server": _GATEWAY,
 }
 
 
@@ -163,15 +171,17 @@ def _lines_without(
     named: frozenset[bytes],
     cache: dict[bytes, int],
     kinds: dict[bytes, int],
+    gateway: bool = False,
 ) -> list[bytes]:
-    """The header lines (as pieces) of the headers that are forwarded as they are (kind _PLAIN)
-    and not named by Connection: the rare second pass when a Connection value names headers."""
+    """The header lines (as pieces) of the headers that are forwarded as they are (kind _PLAIN,
+    and _GATEWAY when `gateway`) and not named by Connection: the rare
+    second pass when a Connection value names headers."""
     out: list[bytes] = []
     for name, value in headers:
         kind = cache.get(name)
         if kind is None:
             kind = _classify(name, cache, kinds)
-        if kind == _PLAIN and name.lower() not in named:
+        if (kind == _PLAIN or (gateway and kind == _GATEWAY)) and name.lower() not in named:
             out += (name, b": ", value, b"\r\n")
     return out
 
@@ -595,6 +605,9 @@ class ProxyExchange:
             return
         self.state = _RESPONDING
         pctx = self.pctx
+        # Whether `headers` hold the Date and Server to send: only when a plugin took them
+        # (ResponseHead.take_date_server); else the upstream's are dropped for the gateway's.
+        date_server = False
         if (
             pctx is not None
             and status != 101
@@ -602,7 +615,8 @@ class ProxyExchange:
         ):
             try:
                 # `headers` is this response's own list (the upstream parser made it): no copy
-                new_status, headers = filter_head(pctx, status, headers)
+                head = filter_head(pctx, status, headers)
+                new_status, headers, date_server = head.status, head.headers, head.date_server
             except PluginFailed as e:
                 self.gateway.report_plugin_failure(e, pctx)
                 self._discard_upstream()
@@ -633,6 +647,9 @@ class ProxyExchange:
                         found = _named_by_connection(value)
                     if found:  # every Connection header counts
                         named = found if named is None else named | found
+                elif kind == _GATEWAY:
+                    if date_server:
+                        out += (name, b": ", value, b"\r\n")
                 elif kind == _TE:
                     chunked = b"chunked" in value.lower()
                 elif kind == _UPGRADE:
@@ -640,7 +657,9 @@ class ProxyExchange:
                 continue
             out += (name, b": ", value, b"\r\n")  # pieces, joined once below
         if named:  # out[:3] is the status line
-            out[3:] = _lines_without(headers, named, _response_kinds, _RESPONSE_KINDS)
+            out[3:] = _lines_without(headers, named, _response_kinds, _RESPONSE_KINDS, date_server)
+        if not date_server:
+            out.append(gateway_lines())
         if status == 101:
             out.append(b"Connection: upgrade\r\n")
             if upgrade_value is not None:
@@ -917,17 +936,22 @@ class ProxyExchange:
         close = not self.body_done or self.req.upgrade
         body = json_error(status, message)
         headers: list[tuple[bytes, bytes]] = []
+        date_server = False  # the gateway's Date and Server are sent, unless a plugin took them
         pctx = self.pctx
         if pctx is not None and filters:
             try:
-                status, headers = filter_head(pctx, status, headers)
+                head = filter_head(pctx, status, headers)
+                status, headers, date_server = head.status, head.headers, head.date_server
                 if pctx.chain.body_filter:
                     body = filter_body(pctx, body, True)
             except PluginFailed as e:
                 self.gateway.report_plugin_failure(e, pctx)
                 status, headers, body = 500, [], json_error(500, "500 Internal Server Error")
+                date_server = False
         self.status = status
-        self.bytes_sent += self.conn.send_simple(self.req, status, body, headers, close=close)
+        self.bytes_sent += self.conn.send_simple(
+            self.req, status, body, headers, close=close, own_lines=not date_server
+        )
         self.gateway.request_finished(self)
         # Break the request <-> exchange cycle, so plain refcounting frees both: left to the
         # cyclic collector, they made it run on a fifth of a loaded worker's samples.

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ando.config.snapshot import Listener, Snapshot
-from ando.http.server import HttpConnection, Limits, Request, json_error
+from ando.http.server import HttpConnection, Limits, Request, gateway_headers, json_error
 from ando.http.tls import CertTable, server_context
 from ando.http.upstream import UpstreamPool
 from ando.observability import batch
@@ -24,7 +24,7 @@ from ando.observability.access_log import AccessLog, add_tls
 from ando.observability.access_log import configure as configure_access_log
 from ando.observability.metrics import UNMATCHED, WorkerMetrics, max_series_of, request_length
 from ando.plugins.base import Plugin, Response
-from ando.plugins.context import RequestContext, header_bytes, header_name_bytes
+from ando.plugins.context import _DATE_SERVER, RequestContext, header_bytes, header_name_bytes
 from ando.plugins.shared import SharedDict
 from ando.proxy.compiled import RouteRuntime, RuntimeConfig
 from ando.proxy.exchange import ProxyExchange
@@ -300,12 +300,20 @@ class Gateway:
         try:
             if not is_final_status(resp.status):
                 raise ValueError(f"status {resp.status!r} is not a final HTTP status")
-            headers = [
+            own = [
                 (header_name_bytes(k), header_bytes(v))
                 for k, v in resp.headers
                 if k.lower() != "content-type"
             ]
-            status, headers = filter_head(ctx, resp.status, headers)
+            # The gateway's Date and Server, unless the answer sets its own (as APISIX's exit):
+            # then the headers hold both from the start.
+            named = {k.lower() for k, _ in own}
+            if named.isdisjoint(_DATE_SERVER):
+                head = filter_head(ctx, resp.status, own)
+            else:
+                headers = [h for h in gateway_headers() if h[0].lower() not in named] + own
+                head = filter_head(ctx, resp.status, headers, True)
+            status, headers = head.status, head.headers
             body = resp.body
             if ctx.chain.body_filter:
                 body = filter_body(ctx, body, True)
@@ -325,7 +333,9 @@ class Gateway:
             elif lower not in _FRAMING:  # the gateway frames its own responses
                 kept.append((k, v))
         headers = kept
-        sent = conn.send_simple(req, status, body, headers, content_type=content_type)
+        sent = conn.send_simple(
+            req, status, body, headers, content_type=content_type, own_lines=not head.date_server
+        )
         self._finish_plugin_request(req, ctx, route, status, sent)
 
     def _plugin_failed(

@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ando.plugins.base import Response
-from ando.plugins.context import RequestContext, ResponseHead
+from ando.plugins.context import _DATE_SERVER, RequestContext, ResponseHead
 
 if TYPE_CHECKING:
     from ando.http.server import HttpConnection, Request
@@ -88,13 +88,22 @@ async def _resume(
 
 
 def filter_head(
-    ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, list[tuple[bytes, bytes]]]:
-    """Headers earlier phases asked for, then every header_filter. Raises PluginFailed."""
+    ctx: RequestContext,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    date_server: bool = False,
+) -> ResponseHead:
+    """Headers earlier phases asked for, then every header_filter. Raises PluginFailed.
+    `date_server`: `headers` already hold the Date and Server to send (ResponseHead's)."""
+    head = ResponseHead(status, headers, date_server)
     extra = ctx.response_headers
     if extra:
-        headers = _merge(headers, extra)
-    head = ResponseHead(status, headers)
+        if not date_server:
+            for entry in extra:
+                if entry[1] in _DATE_SERVER:
+                    head.take_date_server()
+                    break
+        head.headers = _merge(head.headers, extra)
     ctx.status = status
     for entry in ctx.chain.header_filter:
         try:
@@ -106,7 +115,7 @@ def filter_head(
                 problem = ValueError(f"status {head.status!r} is not a final HTTP status")
                 raise PluginFailed(entry.name, "header_filter", problem)
             ctx.status = head.status
-    return head.status, head.headers
+    return head
 
 
 def is_final_status(status: object) -> bool:

@@ -10,6 +10,7 @@ an invalid response head is not retried.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import http.client
 import json
@@ -621,6 +622,101 @@ def test_hop_by_hop_response_headers_not_forwarded(tmp_path):
         assert name not in names, name
     assert r.header("X-Public") == "ok"
     assert r.header("Connection") in (None, "keep-alive")
+
+
+def _all(r: Response, name: str) -> list[str]:
+    return [v for k, v in r.headers if k.lower() == name]
+
+
+def _is_now(date: str) -> bool:
+    return abs(email.utils.parsedate_to_datetime(date).timestamp() - time.time()) < 60
+
+
+OLD_DATE = "Mon, 01 Jan 2001 00:00:00 GMT"
+
+
+def test_upstream_date_and_server_are_replaced_by_the_gateways(tmp_path):
+    """As nginx (proxy_hide_header's defaults) and APISIX (its Server on every response): the
+    backend's software stays private, and a response the upstream sent without a Date gets one
+    (RFC 9110 6.6.1). Also when Connection names other headers (the second pass)."""
+    with UpstreamServer("a") as a, GatewayProcess(route({"nodes": {a.addr: 1}}), tmp_path) as gw:
+        r = request(gw.port, "GET", "/no-date")  # the test upstream sends neither header
+        assert r.status == 200
+        assert _all(r, "server") == ["ando"]
+        assert len(_all(r, "date")) == 1 and _is_now(r.header("Date"))
+        for extra in ([], [("Connection", "X-Internal"), ("X-Internal", "1")]):
+            a.extra_headers = [("Server", "backend/1.2.3"), ("Date", OLD_DATE), *extra]
+            r = request(gw.port, "GET", "/named")
+            assert r.status == 200 and r.json()["server"] == "a"
+            assert _all(r, "server") == ["ando"], r.headers
+            assert len(_all(r, "date")) == 1 and _is_now(r.header("Date")), r.headers
+            assert r.header("X-Internal") is None
+
+
+def test_plugins_see_and_may_change_the_gateways_date_and_server(tmp_path):
+    """A header filter sees the Date and Server the client will get (not the backend's), and
+    what it sets there is sent once; a plugin's own answer carries them too."""
+    cfg = {
+        "routes": [
+            {
+                "id": "set",
+                "uri": "/set",
+                "upstream": {"nodes": {"UP": 1}},
+                "plugins": {"response-rewrite": {"headers": {"set": {"Server": "edge"}}}},
+            },
+            {
+                "id": "other",
+                "uri": "/other",
+                "upstream": {"nodes": {"UP": 1}},
+                "plugins": {"response-rewrite": {"headers": {"set": {"X-Other": "1"}}}},
+            },
+            {
+                "id": "seen",
+                "uri": "/seen",
+                "upstream": {"nodes": {"UP": 1}},
+                "plugins": {
+                    "serverless-post-function": {
+                        "phase": "header_filter",
+                        "functions": [
+                            "return function(conf, ctx) ando.response.set_header("
+                            "'X-Seen-Server', ando.response.get_header('Server')) end"
+                        ],
+                    }
+                },
+            },
+            {
+                "id": "mock",
+                "uri": "/mock",
+                "plugins": {"mocking": {"response_example": "hi"}},
+            },
+            {
+                "id": "mock-own",
+                "uri": "/mock-own",
+                "plugins": {
+                    "mocking": {"response_example": "hi", "response_headers": {"Server": "mock"}}
+                },
+            },
+        ]
+    }
+    with UpstreamServer("a") as a:
+        a.extra_headers = [("Server", "backend/1.2.3"), ("Date", OLD_DATE)]
+        text = json.dumps(cfg).replace("UP", a.addr)
+        with GatewayProcess(json.loads(text), tmp_path) as gw:
+            r = request(gw.port, "GET", "/set")
+            assert r.status == 200 and _all(r, "server") == ["edge"], r.headers
+            assert len(_all(r, "date")) == 1 and _is_now(r.header("Date"))
+            r = request(gw.port, "GET", "/other")
+            assert r.status == 200 and r.header("X-Other") == "1", r.headers
+            assert _all(r, "server") == ["ando"] and len(_all(r, "date")) == 1
+            assert _is_now(r.header("Date"))
+            r = request(gw.port, "GET", "/seen")
+            assert r.status == 200 and r.header("X-Seen-Server") == "ando", r.headers
+            assert _all(r, "server") == ["ando"] and _is_now(r.header("Date"))
+            r = request(gw.port, "GET", "/mock")
+            assert r.status == 200 and _all(r, "server") == ["ando"], r.headers
+            assert len(_all(r, "date")) == 1 and _is_now(r.header("Date"))
+            r = request(gw.port, "GET", "/mock-own")
+            assert r.status == 200 and _all(r, "server") == ["mock"], r.headers
 
 
 # --- bodies, framing, flow control ---------------------------------------------------------------
