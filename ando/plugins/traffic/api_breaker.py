@@ -13,8 +13,8 @@ phase answers `break_response_code` while the breaker is open.
 - State is kept per host and uri, as APISIX keys it (and per configuration, so two routes with
   different thresholds never share a count), in the node-wide SharedDict: every worker agrees.
 - While open, with `break_response_body` the answer carries that body and the
-  `break_response_headers` (their values resolving `$var`); without it, only the status (with
-  Ando's usual gateway error body for a status >= 400).
+  `break_response_headers` (their values resolving `$var`); without it, only the status, which
+  nginx (so APISIX) answers with its stock error page, as the limit-* plugins' bare refusals.
 
 When no upstream status exists but a node was tried (connection refused, timed out), the status
 the gateway answered (502, 504) counts, as nginx's $upstream_status reports it to APISIX.
@@ -28,7 +28,7 @@ from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
-from ando.plugins.pages import status_phrase
+from ando.plugins.pages import nginx_page
 from ando.plugins.vartemplate import VarTemplate
 
 # Counts outlive any breaker time (max_breaker_sec is the longest), as APISIX's never-expiring
@@ -72,12 +72,10 @@ class ApiBreaker(Plugin):
                     self.code, body, [(k, t.static or "") for k, t in self.headers]
                 )
         else:
+            # APISIX's access phase returns the bare code: core.response.exit(code) ends in
+            # ngx.exit(code), and nginx answers with its error page for that status.
             self.body = None
-            if self.code >= 400:
-                message = f"{self.code} {status_phrase(self.code)}".rstrip()
-                self.fixed = Response(self.code, {"error_msg": message})
-            else:
-                self.fixed = Response(self.code)
+            self.fixed = nginx_page(self.code)
 
     def _key(self, ctx: RequestContext) -> str:
         return self.prefix + (ctx.host or "") + "|" + ctx.path
