@@ -445,8 +445,9 @@ def test_validate_checks_inline_upstreams_like_upstream_resources():
     assert _problems(text) == [
         "t.yaml:9:27: routes[0].plugins.traffic-split.rules[0].weighted_upstreams[0].upstream: "
         "missing required field 'upstream_host' (required when pass_host is \"rewrite\")",
-        "t.yaml:10:56: routes[0].plugins.traffic-split.rules[0].weighted_upstreams[1].upstream"
-        ".checks: unknown field 'checks'",
+        # accepted and ignored, as APISIX does, but like APISIX's it needs an active part
+        "t.yaml:10:64: routes[0].plugins.traffic-split.rules[0].weighted_upstreams[1].upstream"
+        ".checks: missing required field 'active'",
         "t.yaml:11:27: routes[0].plugins.traffic-split.rules[0].weighted_upstreams[2].upstream: "
         "missing required field 'key' (required when type is \"chash\")",
         "t.yaml:12:26: routes[0].plugins.traffic-split.rules[0].weighted_upstreams[3].weight: "

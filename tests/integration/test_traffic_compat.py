@@ -21,12 +21,39 @@ PAGE_503 = (
 
 
 @pytest.fixture(scope="module")
+def canary() -> Iterator[UpstreamServer]:
+    with UpstreamServer("canary") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
 def gw(
-    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+    upstream: UpstreamServer, canary: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     up = {"nodes": {upstream.addr: 1}}
+    # APISIX's upstream schema, which traffic-split's inline upstream uses, has `checks`; its
+    # traffic-split documentation lists it among the fields it ignores there.
+    checked = {
+        "nodes": {canary.addr: 1},
+        "checks": {"active": {"http_path": "/status/500", "healthy": {"interval": 1}}},
+    }
     config: dict[str, Any] = {
         "routes": [
+            {
+                "id": "split-checks",
+                "uri": "/split",
+                "upstream": up,
+                "plugins": {
+                    "traffic-split": {
+                        "rules": [
+                            {
+                                "match": [{"vars": [["http_x_canary", "==", "1"]]}],
+                                "weighted_upstreams": [{"upstream": checked}],
+                            }
+                        ]
+                    }
+                },
+            },
             {
                 "id": "breaker-bare",
                 "uri": "/status/*",
@@ -56,3 +83,14 @@ def test_breaker_without_a_body_answers_nginx_error_page(gw):
     assert r.status == 503
     assert r.body == PAGE_503
     assert r.header("Content-Type") == "text/html"
+
+
+# --- traffic-split ------------------------------------------------------------------------------
+
+
+def test_inline_upstream_with_checks_is_accepted_and_routed_to(gw, canary):
+    # A config APISIX accepts loads (the gateway started on it) and the canary gets its traffic.
+    r = request(gw.port, path="/split", headers={"X-Canary": "1"})
+    assert r.status == 200 and r.json()["server"] == "canary"
+    r = request(gw.port, path="/split")
+    assert r.status == 200 and r.json()["server"] == "up"
