@@ -6,7 +6,9 @@ phase answers `break_response_code` while the breaker is open.
 - Every status in `unhealthy.http_statuses` adds one failure (and forgets the healthy streak);
   each time the failure count reaches a multiple of `unhealthy.failures` the breaker opens, for
   2^n seconds where n = ceil(failures counted / unhealthy.failures) (2 s, then 4, 8, ...), at most
-  `max_breaker_sec`.
+  `max_breaker_sec`. Times are whole seconds, as APISIX's ngx.time(): the breaker stays open
+  until the second after the trip's second + that time (between 2 and 3 s for the first), but
+  never past max_breaker_sec after the trip (APISIX's trip record expires then).
 - Once the open time is over requests go through again; a status in `healthy.http_statuses`
   (only while failures are counted) adds to a healthy streak, and `healthy.successes` of them in
   a row forget everything.
@@ -87,7 +89,11 @@ class ApiBreaker(Plugin):
         count, tripped_at = state
         if not tripped_at:
             return None
-        if tripped_at + breaker_seconds(count, self.failures, self.max_sec) < time.time():
+        # As APISIX: open while the current second (ngx.time()) is at most the trip's second +
+        # the break time, and the trip's record, kept max_breaker_sec, has not expired.
+        now = time.time()
+        seconds = breaker_seconds(count, self.failures, self.max_sec)
+        if int(tripped_at) + seconds < int(now) or now >= tripped_at + self.max_sec:
             return None
         if self.fixed is not None:
             return self.fixed
