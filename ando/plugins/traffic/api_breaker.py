@@ -6,15 +6,17 @@ phase answers `break_response_code` while the breaker is open.
 - Every status in `unhealthy.http_statuses` adds one failure (and forgets the healthy streak);
   each time the failure count reaches a multiple of `unhealthy.failures` the breaker opens, for
   2^n seconds where n = ceil(failures counted / unhealthy.failures) (2 s, then 4, 8, ...), at most
-  `max_breaker_sec`.
+  `max_breaker_sec`. Times are whole seconds, as APISIX's ngx.time(): the breaker stays open
+  until the second after the trip's second + that time (between 2 and 3 s for the first), but
+  never past max_breaker_sec after the trip (APISIX's trip record expires then).
 - Once the open time is over requests go through again; a status in `healthy.http_statuses`
   (only while failures are counted) adds to a healthy streak, and `healthy.successes` of them in
   a row forget everything.
 - State is kept per host and uri, as APISIX keys it (and per configuration, so two routes with
   different thresholds never share a count), in the node-wide SharedDict: every worker agrees.
 - While open, with `break_response_body` the answer carries that body and the
-  `break_response_headers` (their values resolving `$var`); without it, only the status (with
-  Ando's usual gateway error body for a status >= 400).
+  `break_response_headers` (their values resolving `$var`); without it, only the status, which
+  nginx (so APISIX) answers with its stock error page, as the limit-* plugins' bare refusals.
 
 When no upstream status exists but a node was tried (connection refused, timed out), the status
 the gateway answered (502, 504) counts, as nginx's $upstream_status reports it to APISIX.
@@ -28,7 +30,7 @@ from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
-from ando.plugins.pages import status_phrase
+from ando.plugins.pages import nginx_page
 from ando.plugins.vartemplate import VarTemplate
 
 # Counts outlive any breaker time (max_breaker_sec is the longest), as APISIX's never-expiring
@@ -72,12 +74,10 @@ class ApiBreaker(Plugin):
                     self.code, body, [(k, t.static or "") for k, t in self.headers]
                 )
         else:
+            # APISIX's access phase returns the bare code: core.response.exit(code) ends in
+            # ngx.exit(code), and nginx answers with its error page for that status.
             self.body = None
-            if self.code >= 400:
-                message = f"{self.code} {status_phrase(self.code)}".rstrip()
-                self.fixed = Response(self.code, {"error_msg": message})
-            else:
-                self.fixed = Response(self.code)
+            self.fixed = nginx_page(self.code)
 
     def _key(self, ctx: RequestContext) -> str:
         return self.prefix + (ctx.host or "") + "|" + ctx.path
@@ -89,7 +89,11 @@ class ApiBreaker(Plugin):
         count, tripped_at = state
         if not tripped_at:
             return None
-        if tripped_at + breaker_seconds(count, self.failures, self.max_sec) < time.time():
+        # As APISIX: open while the current second (ngx.time()) is at most the trip's second +
+        # the break time, and the trip's record, kept max_breaker_sec, has not expired.
+        now = time.time()
+        seconds = breaker_seconds(count, self.failures, self.max_sec)
+        if int(tripped_at) + seconds < int(now) or now >= tripped_at + self.max_sec:
             return None
         if self.fixed is not None:
             return self.fixed

@@ -9,7 +9,8 @@ leaves the route's own upstream.
 The round robin is nginx's smooth weighted one, kept per worker as APISIX keeps its own: with
 weights 3:1 exactly three of every four requests a worker serves go to the first upstream, and
 they are interleaved (A A B A) rather than bunched. An `upstream_id` that names no upstream is
-answered with 502, as APISIX answers it ("failed to find upstream by id").
+answered with 502, as APISIX answers it ("failed to find upstream by id"). An inline upstream's
+`checks` is accepted and ignored, as APISIX's traffic-split ignores it.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ class TrafficSplit(Plugin):
         if "upstream" in entry:
             if make is None:
                 return _MISSING
-            return make({**entry["upstream"], "id": ident})
+            # `checks` is accepted and ignored, as APISIX's traffic-split ignores it.
+            inline = {k: v for k, v in entry["upstream"].items() if k != "checks"}
+            return make({**inline, "id": ident})
         return None
 
     @classmethod
