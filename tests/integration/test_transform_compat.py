@@ -1,0 +1,99 @@
+"""APISIX-compatibility checks of the transformation and security plugins through a running
+gateway: what a client sees where Ando used to answer differently from APISIX 3.x."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.client import request
+from tests.support.gateway import GatewayProcess
+
+
+def nginx_page(title: str) -> bytes:
+    """nginx's page for a bare status, as OpenResty (so APISIX) sends it."""
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>openresty</center>\r\n</body>\r\n</html>\r\n"
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config = {
+        "routes": [
+            {
+                "uri": "/fi/no-body",
+                "upstream": up,
+                "plugins": {
+                    "fault-injection": {
+                        "abort": {"http_status": 503, "headers": {"X-Fault": "$arg_who"}}
+                    }
+                },
+            },
+            {
+                "uri": "/fi/no-page",
+                "upstream": up,
+                "plugins": {"fault-injection": {"abort": {"http_status": 418}}},
+            },
+            {
+                "uri": "/fi/empty-body",
+                "upstream": up,
+                "plugins": {"fault-injection": {"abort": {"http_status": 503, "body": ""}}},
+            },
+            {
+                "uri": "/ub/*",
+                "upstream": up,
+                "plugins": {"uri-blocker": {"block_rules": ["^/ub/deny"]}},
+            },
+            {
+                "uri": "/ub418/*",
+                "upstream": up,
+                "plugins": {"uri-blocker": {"block_rules": ["deny"], "rejected_code": 418}},
+            },
+        ]
+    }
+    with GatewayProcess(config, tmp_path_factory.mktemp("transform-compat")) as g:
+        yield g
+
+
+# --- fault-injection --------------------------------------------------------------------------
+
+
+def test_fault_abort_without_body_is_nginx_page(gw, upstream):
+    # APISIX: core.response.exit(503) with no body is ngx.exit(503): nginx's HTML page
+    r = request(gw.port, path="/fi/no-body?who=me")
+    assert r.status == 503
+    assert r.body == nginx_page("503 Service Temporarily Unavailable")
+    assert r.header("content-type") == "text/html"
+    assert r.header("x-fault") == "me"
+
+
+def test_fault_abort_status_nginx_has_no_page_for_is_empty(gw):
+    r = request(gw.port, path="/fi/no-page")
+    assert (r.status, r.body) == (418, b"")
+
+
+def test_fault_abort_with_empty_body_stays_empty(gw):
+    # an empty string is a body: APISIX prints it (nothing), no error page
+    r = request(gw.port, path="/fi/empty-body")
+    assert (r.status, r.body) == (503, b"")
+
+
+# --- uri-blocker ------------------------------------------------------------------------------
+
+
+def test_uri_blocker_without_message_is_nginx_page(gw):
+    r = request(gw.port, path="/ub/deny")
+    assert r.status == 403
+    assert r.body == nginx_page("403 Forbidden")
+    assert r.header("content-type") == "text/html"
+
+
+def test_uri_blocker_status_nginx_has_no_page_for_is_empty(gw):
+    # ngx.exit(418): nginx has no page for 418, the body is empty
+    r = request(gw.port, path="/ub418/deny")
+    assert (r.status, r.body) == (418, b"")
