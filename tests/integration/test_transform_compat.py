@@ -54,6 +54,16 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "upstream": up,
                 "plugins": {"uri-blocker": {"block_rules": ["deny"], "rejected_code": 418}},
             },
+            {
+                "uri": "/rd/*",
+                "upstream": up,
+                "plugins": {"redirect": {"regex_uri": ["^/rd/(.*)", "/new/$1"], "ret_code": 301}},
+            },
+            {
+                "uri": "/rd300/*",
+                "upstream": up,
+                "plugins": {"redirect": {"uri": "/new/x", "ret_code": 300}},
+            },
         ]
     }
     with GatewayProcess(config, tmp_path_factory.mktemp("transform-compat")) as g:
@@ -97,3 +107,19 @@ def test_uri_blocker_status_nginx_has_no_page_for_is_empty(gw):
     # ngx.exit(418): nginx has no page for 418, the body is empty
     r = request(gw.port, path="/ub418/deny")
     assert (r.status, r.body) == (418, b"")
+
+
+# --- redirect ---------------------------------------------------------------------------------
+
+
+def test_redirect_page_has_nginx_footer(gw):
+    # APISIX's redirect ends with ngx.exit(ret_code): nginx's page, footer included
+    r = request(gw.port, path="/rd/x")
+    assert r.status == 301 and r.header("location") == "/new/x"
+    assert r.body == nginx_page("301 Moved Permanently")
+
+
+def test_redirect_with_status_nginx_has_no_page_for(gw):
+    r = request(gw.port, path="/rd300/x")
+    assert r.status == 300 and r.header("location") == "/new/x"
+    assert r.body == b""
