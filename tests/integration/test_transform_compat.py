@@ -64,6 +64,18 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "upstream": up,
                 "plugins": {"redirect": {"uri": "/new/x", "ret_code": 300}},
             },
+            {
+                "uri": "/rv",
+                "upstream": up,
+                "plugins": {"request-validation": {"body_schema": {"type": "object"}}},
+            },
+            {
+                "uri": "/rv-msg",
+                "upstream": up,
+                "plugins": {
+                    "request-validation": {"body_schema": {"type": "object"}, "rejected_msg": "no"}
+                },
+            },
         ]
     }
     with GatewayProcess(config, tmp_path_factory.mktemp("transform-compat")) as g:
@@ -123,3 +135,21 @@ def test_redirect_with_status_nginx_has_no_page_for(gw):
     r = request(gw.port, path="/rd300/x")
     assert r.status == 300 and r.header("location") == "/new/x"
     assert r.body == b""
+
+
+# --- request-validation -----------------------------------------------------------------------
+
+
+def test_request_validation_without_body_or_message_is_nginx_page(gw, upstream):
+    # APISIX: `return conf.rejected_code, conf.rejected_msg` with no msg: ngx.exit(400)
+    upstream.requests.clear()
+    r = request(gw.port, "POST", "/rv")
+    assert r.status == 400
+    assert r.body == nginx_page("400 Bad Request")
+    assert r.header("content-type") == "text/html"
+    assert upstream.requests == []
+
+
+def test_request_validation_without_body_sends_rejected_msg(gw):
+    r = request(gw.port, "POST", "/rv-msg")
+    assert (r.status, r.body) == (400, b"no")
