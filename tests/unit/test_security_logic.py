@@ -13,11 +13,11 @@ import pytest
 
 from ando.plugins.base import BuildContext
 from ando.plugins.context import ResponseHead
+from ando.plugins.pages import nginx_page
 from ando.plugins.security.cors import ALL_METHODS, Cors, OriginRule
 from ando.plugins.security.csrf import cookie_time, lua_number, make_token, verify_token
 from ando.plugins.security.real_ip import forwarded_client, parse_addr
 from ando.plugins.security.referer_restriction import HostMatcher, referer_host
-from ando.plugins.security.uri_blocker import error_page
 from ando.plugins.shared import SharedDict
 from ando.router.ipset import IPSet
 
@@ -134,10 +134,11 @@ def test_cookie_time_is_nginx_format():
 
 
 def test_error_page():
-    page = error_page(403)
-    assert page.status == 403 and page.content_type == "text/html; charset=utf-8"
+    # uri-blocker's refusal without rejected_msg: nginx's page, as APISIX's ngx.exit(code)
+    page = nginx_page(403)
+    assert page.status == 403 and page.content_type == "text/html"
     assert b"<title>403 Forbidden</title>" in page.body
-    assert error_page(200).body == b""
+    assert nginx_page(200).body == b"" and nginx_page(418).body == b""
 
 
 def test_origin_rule():

@@ -282,7 +282,8 @@ def test_only_a_body_to_validate_leaves_the_fast_path() -> None:
         None,  # type: ignore[arg-type]
     )
     resp = body.rewrite(Req([], has_body=False))  # type: ignore[arg-type]
-    assert isinstance(resp, Response) and (resp.status, resp.body) == (400, b"")
+    assert isinstance(resp, Response) and resp.status == 400
+    assert b"<title>400 Bad Request</title>" in resp.body  # nginx's page, as ngx.exit(400)
     pending = body.rewrite(Req([], has_body=True))  # type: ignore[arg-type]
     assert inspect.isawaitable(pending)
     pending.close()  # type: ignore[union-attr]

@@ -229,10 +229,11 @@ def test_id_algorithms():
 def test_nginx_pages():
     assert _page(302) == (
         b"<html>\r\n<head><title>302 Moved Temporarily</title></head>\r\n<body>\r\n"
-        b"<center><h1>302 Moved Temporarily</h1></center>\r\n</body>\r\n</html>\r\n"
+        b"<center><h1>302 Moved Temporarily</h1></center>\r\n"
+        b"<hr><center>openresty</center>\r\n</body>\r\n</html>\r\n"
     )
     assert b"308 Permanent Redirect" in _page(308)
-    assert _page(200) == b""
+    assert _page(200) == b"" and _page(300) == b""
 
 
 # --- the schema files ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 APISIX's uri-blocker: priority 2900, runs in `rewrite`; `block_rules` are searched (unanchored,
 case-sensitive unless `case_insensitive`) in `request_uri`, the path with its query as the client
-wrote it. A match answers `rejected_code` (403) with `{"error_msg": rejected_msg}`, or with the
-status's plain HTML error page when there is no `rejected_msg` (nginx's, as APISIX sends).
+wrote it. A match answers `rejected_code` (403) with `{"error_msg": rejected_msg}`, or, without
+`rejected_msg`, as APISIX's bare `ngx.exit(code)` does: nginx's HTML page for the status (an
+empty body for a status nginx has no page for, such as 418).
 
 Ando also searches the normalized path (with the query) that routing, every plugin and the
 upstream see: a blocked path stays blocked however it is spelled (`/%61dmin`, `/x/../admin`),
@@ -17,16 +18,8 @@ from typing import Any
 
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
-from ando.plugins.pages import html_page, status_phrase
+from ando.plugins.pages import nginx_page
 from ando.plugins.security._checks import Problems, compile_all, regex_problems, search_any
-
-
-def error_page(status: int) -> Response:
-    """The HTML page nginx sends for a bare status (`ngx.exit(403)`); none below 300."""
-    if status < 300:
-        return Response(status)
-    page = html_page(f"{status} {status_phrase(status)}".rstrip(), "ando")
-    return Response(status, page, {"Content-Type": "text/html; charset=utf-8"})
 
 
 class UriBlocker(Plugin):
@@ -41,7 +34,7 @@ class UriBlocker(Plugin):
         self.rules = compile_all(conf["block_rules"], flags)
         code = conf["rejected_code"]
         msg = conf.get("rejected_msg")
-        self.refusal = Response(code, {"error_msg": msg}) if msg else error_page(code)
+        self.refusal = Response(code, {"error_msg": msg}) if msg else nginx_page(code)
 
     @classmethod
     def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:

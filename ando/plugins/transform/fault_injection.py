@@ -2,8 +2,10 @@
 
 APISIX's fault-injection (priority 11000, rewrite phase). `delay` sleeps `duration` seconds (a
 float) then lets the request go on; `abort` answers with `http_status`, `body` and `headers`
-instead of proxying. Each has a `percentage` (sampled per request, `random(1, 100) <= p`) and
-`vars`, a list of lua-resty-expr rules of which any one must match (an empty list never does).
+instead of proxying (no `body`: nginx's HTML page for the status, as APISIX's bare
+`core.response.exit(code)`). Each has a `percentage` (sampled per request,
+`random(1, 100) <= p`) and `vars`, a list of lua-resty-expr rules of which any one must match
+(an empty list never does).
 As in APISIX both `vars` are evaluated first, then the delay runs, then the abort is decided, so
 a request can be delayed and then aborted. `body` and header values interpolate `$var` and
 `${var ?? default}` the way APISIX's `core.utils.resolve_var` does (ando.plugins.vartemplate).
@@ -24,6 +26,7 @@ from typing import Any
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.checks import Problems, expr_problems
 from ando.plugins.context import RequestContext
+from ando.plugins.pages import nginx_page
 from ando.plugins.vartemplate import Lookup, VarTemplate, lua_tostring
 from ando.router.expr import Expr, compile_expr
 
@@ -102,6 +105,9 @@ class FaultInjection(Plugin):
             (name, VarTemplate(lua_tostring(value)))
             for name, value in ((abort or {}).get("headers") or {}).items()
         )
+        # No body: APISIX's core.response.exit(code) is a bare ngx.exit, which answers with
+        # nginx's HTML page for the status (empty for the statuses nginx has no page for).
+        self.abort_page = nginx_page(self.abort_status) if self.abort_body is None else None
         self.abort_percentage: int | None = abort.get("percentage") if abort else None
         self.abort_vars = _compile_vars(abort.get("vars")) if abort else None
         self.delay = delay is not None and delay["duration"] > 0
@@ -140,6 +146,11 @@ class FaultInjection(Plugin):
         if not _hit(self.abort_percentage):
             return None
         lookup = ctx.var
-        body = self.abort_body.render(lookup) if self.abort_body is not None else None
         headers = [(name, header_value(t.render(lookup))) for name, t in self.abort_headers]
+        page = self.abort_page
+        if page is not None:
+            if page.body:  # nginx types its page text/html, whatever was set before
+                headers = [h for h in headers if h[0].lower() != "content-type"]
+            return Response(self.abort_status, page.body, [*headers, *page.headers])
+        body = self.abort_body.render(lookup) if self.abort_body is not None else None
         return Response(self.abort_status, body, headers)

@@ -28,7 +28,7 @@ from typing import Any
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
-from ando.plugins.pages import html_page, status_phrase
+from ando.plugins.pages import html_page, nginx_page, status_phrase
 from ando.plugins.transform.template import (
     Regex,
     SubTemplate,
@@ -42,14 +42,17 @@ from ando.plugins.vartemplate import RedirectTemplate
 
 # nginx's reason phrases where they differ from Python's.
 _NGINX_REASONS = {302: "Moved Temporarily"}
+# The redirect statuses nginx has a page for (ngx_http_special_response.c).
+_NGINX_3XX_PAGES = frozenset({301, 302, 303, 307, 308})
 
 
 def _page(status: int) -> bytes:
-    """nginx's special response page for `status` (no server signature)."""
-    if status < 300:
-        return b""
-    reason = _NGINX_REASONS.get(status) or status_phrase(status)
-    return html_page(f"{status} {reason}".rstrip()).encode()
+    """nginx's special response page for `status`, with the footer every such page has
+    (`<hr><center>openresty</center>`); empty for a status nginx has no page for."""
+    if status in _NGINX_3XX_PAGES:
+        reason = _NGINX_REASONS.get(status) or status_phrase(status)
+        return html_page(f"{status} {reason}", "openresty").encode()
+    return nginx_page(status).body
 
 
 class Redirect(Plugin):

@@ -8,7 +8,8 @@ parameters) and as JSON otherwise. A refusal is `rejected_code` (400) with `reje
 plain-text body, or, without one, the validator's message in APISIX's wording
 (`property "name" is required`, `property "age" validation failed: wrong type: expected
 integer, got string`, ...). A body_schema with no body, or with two Content-Type headers, is
-refused too.
+refused too (no body and no `rejected_msg`: nginx's HTML page for `rejected_code`, as APISIX's
+bare exit sends).
 
 Schemas are compiled once per configuration (fastjsonschema for the verdict, jsonschema only to
 word a refusal); `ando validate` refuses an invalid schema at its path. Draft 7 applies unless a
@@ -38,6 +39,7 @@ from jsonschema.validators import validator_for
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
+from ando.plugins.pages import nginx_page
 from ando.plugins.vartemplate import lua_tostring
 
 _FORM = "application/x-www-form-urlencoded"
@@ -422,6 +424,10 @@ class RequestValidation(Plugin):
         return problems
 
     def _reject(self, why: str | None) -> Response:
+        if self.msg is None and why is None:
+            # APISIX's `return conf.rejected_code, conf.rejected_msg` with neither a message nor
+            # a reason (no body to validate) is a bare ngx.exit: nginx's page for the status.
+            return nginx_page(self.code)
         return Response(self.code, self.msg if self.msg is not None else why)
 
     def rewrite(self, ctx: RequestContext) -> Response | Awaitable[Response | None] | None:
