@@ -11,8 +11,13 @@ import pytest
 
 from tests.support.client import request
 from tests.support.gateway import GatewayProcess
+from tests.support.upstream import echoed_headers
 
 HMAC_REFUSED = {"message": "client request can't be validated"}
+
+
+def consumer_seen(r) -> list[str]:
+    return echoed_headers(r).get("x-consumer-username", [])
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +66,70 @@ def test_hmac_says_why_when_the_authorization_header_is_missing_or_not_a_signatu
     r = request(gw.port, path="/hmac/x", headers={"Authorization": bad, "Date": "x"})
     assert (r.status, r.json()) == (401, HMAC_REFUSED)
     assert upstream.requests == []
+
+
+# --------------------------------------------------------------------------- key-auth
+
+
+@pytest.fixture(scope="module")
+def key_gw(
+    up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    def route(rid: str, uri: str, plugins: dict) -> dict:
+        return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
+
+    config = {
+        "consumers": [
+            {"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}},
+            {"username": "anon", "plugins": {}},
+        ],
+        "routes": [
+            route("key", "/key/*", {"key-auth": {}}),
+            route("key-realm", "/key-realm/*", {"key-auth": {"realm": "shop"}}),
+            route(
+                "key-anon",
+                "/key-anon/*",
+                {"key-auth": {"anonymous_consumer": "anon", "hide_credentials": True}},
+            ),
+            route(
+                "key-anon-gone", "/key-anon-gone", {"key-auth": {"anonymous_consumer": "nobody"}}
+            ),
+        ],
+    }
+    with GatewayProcess(config, tmp_path_factory.mktemp("keycompat"), access_log=False) as g:
+        yield g
+
+
+def test_key_auth_refusals_carry_an_apikey_challenge(key_gw, upstream):
+    """apisix/plugins/key-auth.lua (3.15+): every 401 carries `WWW-Authenticate: apikey
+    realm="<realm>"`, `realm` defaulting to "key" (docs: plugins/key-auth, Attributes)."""
+    upstream.requests.clear()
+    for path, headers, body, realm in [
+        ("/key/x", {}, {"message": "Missing API key in request"}, "key"),
+        ("/key/x", {"apikey": "nope"}, {"message": "Invalid API key in request"}, "key"),
+        ("/key-realm/x", {}, {"message": "Missing API key in request"}, "shop"),
+    ]:
+        r = request(key_gw.port, path=path, headers=headers)
+        assert (r.status, r.json()) == (401, body), path
+        assert r.header("WWW-Authenticate") == f'apikey realm="{realm}"'
+    assert upstream.requests == []
+    r = request(key_gw.port, path="/key/x", headers={"apikey": "jack-key"})
+    assert r.status == 200 and r.header("WWW-Authenticate") is None
+
+
+def test_key_auth_anonymous_consumer(key_gw):
+    """APISIX 3.x key-auth has `anonymous_consumer` (docs: plugins/key-auth): without a valid
+    key the request goes on as that consumer; with hide_credentials, an invalid key is removed
+    from both the header and the query before it does (apache/apisix#13468)."""
+    r = request(key_gw.port, path="/key-anon/x", headers={"X-Consumer-Username": "jack"})
+    assert r.status == 200 and consumer_seen(r) == ["anon"]
+    r = request(key_gw.port, path="/key-anon/x?apikey=wrong&a=1", headers={"apikey": "bad"})
+    assert r.status == 200 and consumer_seen(r) == ["anon"]
+    assert "apikey" not in echoed_headers(r) and r.json()["query"] == "a=1"
+    r = request(key_gw.port, path="/key-anon/x?a=1", headers={"apikey": "jack-key"})
+    assert r.status == 200 and consumer_seen(r) == ["jack"]
+    assert "apikey" not in echoed_headers(r)
+    # an anonymous consumer that does not exist: APISIX's 401, with the challenge
+    r = request(key_gw.port, path="/key-anon-gone")
+    assert (r.status, r.json()) == (401, {"message": "Invalid user authorization"})
+    assert r.header("WWW-Authenticate") == 'apikey realm="key"'
