@@ -4,9 +4,11 @@ the headers the upstream receives. Each test names the APISIX source or page it 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import pytest
 
 from tests.support.client import request
@@ -133,3 +135,78 @@ def test_key_auth_anonymous_consumer(key_gw):
     r = request(key_gw.port, path="/key-anon-gone")
     assert (r.status, r.json()) == (401, {"message": "Invalid user authorization"})
     assert r.header("WWW-Authenticate") == 'apikey realm="key"'
+
+
+# --------------------------------------------------------------------------- jwt-auth
+
+JWT_SECRET = "jack-jwt-secret-of-thirty-two-bytes!"
+
+
+def jwt_token(**claims: Any) -> str:
+    return jwt.encode({"key": "jack-key", **claims}, JWT_SECRET, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def jwt_gw(
+    up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    def route(rid: str, uri: str, plugins: dict) -> dict:
+        return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
+
+    config = {
+        "consumers": [
+            {
+                "username": "jack",
+                "plugins": {"jwt-auth": {"key": "jack-key", "secret": JWT_SECRET}},
+            },
+        ],
+        "routes": [
+            route("jwt", "/jwt/*", {"jwt-auth": {}}),
+            route("jwt-realm", "/jwt-realm/*", {"jwt-auth": {"realm": "api"}}),
+            route("jwt-exp", "/jwt-exp/*", {"jwt-auth": {"claims_to_verify": ["exp"]}}),
+            route(
+                "jwt-anon-gone", "/jwt-anon-gone", {"jwt-auth": {"anonymous_consumer": "nobody"}}
+            ),
+        ],
+    }
+    with GatewayProcess(config, tmp_path_factory.mktemp("jwtcompat"), access_log=False) as g:
+        yield g
+
+
+def test_jwt_refusals_carry_a_bearer_challenge(jwt_gw, upstream):
+    """apisix/plugins/jwt-auth.lua (3.15+): every 401 carries `WWW-Authenticate: Bearer
+    realm="<realm>"`, `realm` defaulting to "jwt" (docs: plugins/jwt-auth, Attributes)."""
+    upstream.requests.clear()
+    expired = jwt_token(exp=int(time.time()) - 60)
+    for path, headers, message, realm in [
+        ("/jwt/x", {}, "Missing JWT token in request", "jwt"),
+        ("/jwt/x", {"Authorization": "garbage"}, "JWT token invalid", "jwt"),
+        ("/jwt/x", {"Authorization": expired}, "failed to verify jwt", "jwt"),
+        ("/jwt-realm/x", {}, "Missing JWT token in request", "api"),
+        ("/jwt-anon-gone", {}, "Invalid user authorization", "jwt"),
+    ]:
+        r = request(jwt_gw.port, path=path, headers=headers)
+        assert (r.status, r.json()) == (401, {"message": message}), (path, headers)
+        assert r.header("WWW-Authenticate") == f'Bearer realm="{realm}"'
+    assert upstream.requests == []
+    r = request(jwt_gw.port, path="/jwt/x", headers={"Authorization": jwt_token()})
+    assert r.status == 200 and r.header("WWW-Authenticate") is None
+
+
+def test_jwt_claims_to_verify(jwt_gw):
+    """APISIX 3.x jwt-auth's `claims_to_verify` (exp, nbf): the claims listed are required and
+    checked, the others are not (apisix/plugins/jwt-auth/parser.lua, verify_claims). Without
+    it, exp and nbf are checked when the token has them."""
+    now = int(time.time())
+    failed = (401, {"message": "failed to verify jwt"})
+    r = request(jwt_gw.port, path="/jwt-exp/x", headers={"Authorization": jwt_token()})
+    assert (r.status, r.json()) == failed  # exp is required here
+    r = request(jwt_gw.port, path="/jwt-exp/x", headers={"Authorization": jwt_token(exp=now - 5)})
+    assert (r.status, r.json()) == failed
+    late_start = jwt_token(exp=now + 60, nbf=now + 30)  # nbf is not listed: not checked
+    r = request(jwt_gw.port, path="/jwt-exp/x", headers={"Authorization": late_start})
+    assert r.status == 200 and consumer_seen(r) == ["jack"]
+    # the default: no exp is fine, an nbf in the future is not
+    assert request(jwt_gw.port, path="/jwt/x", headers={"Authorization": jwt_token()}).status == 200
+    r = request(jwt_gw.port, path="/jwt/x", headers={"Authorization": late_start})
+    assert (r.status, r.json()) == failed
