@@ -82,7 +82,12 @@ def key_gw(
 
     config = {
         "consumers": [
-            {"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}},
+            {
+                "username": "jack",
+                "labels": {"custom_id": "cust-jack"},
+                "plugins": {"key-auth": {"key": "jack-key"}},
+            },
+            {"username": "jill", "plugins": {"key-auth": {"key": "jill-key"}}},
             {"username": "anon", "plugins": {}},
         ],
         "routes": [
@@ -210,3 +215,22 @@ def test_jwt_claims_to_verify(jwt_gw):
     assert request(jwt_gw.port, path="/jwt/x", headers={"Authorization": jwt_token()}).status == 200
     r = request(jwt_gw.port, path="/jwt/x", headers={"Authorization": late_start})
     assert (r.status, r.json()) == failed
+
+
+# --------------------------------------------------------------------------- consumer headers
+
+
+def test_the_upstream_hears_the_consumers_custom_id_and_never_a_clients(key_gw):
+    """apisix/consumer.lua attach_consumer (3.x) sets X-Consumer-Custom-ID from the consumer's
+    `labels.custom_id`, and clears it when the consumer has none, so a client cannot pass one
+    off as the gateway's (docs: plugins/key-auth, "other Consumer custom headers")."""
+    forged = {"X-Consumer-Custom-ID": "cust-admin"}
+    r = request(key_gw.port, path="/key/x", headers={"apikey": "jack-key", **forged})
+    assert r.status == 200
+    assert echoed_headers(r)["x-consumer-custom-id"] == ["cust-jack"]
+    r = request(key_gw.port, path="/key/x", headers={"apikey": "jill-key", **forged})
+    assert r.status == 200 and consumer_seen(r) == ["jill"]
+    assert "x-consumer-custom-id" not in echoed_headers(r)
+    r = request(key_gw.port, path="/key-anon/x", headers=forged)
+    assert r.status == 200 and consumer_seen(r) == ["anon"]
+    assert "x-consumer-custom-id" not in echoed_headers(r)
