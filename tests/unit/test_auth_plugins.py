@@ -114,6 +114,7 @@ consumers:
         "hide_credentials": False,
         "key_claim_name": "key",
         "store_in_ctx": False,
+        "realm": "jwt",
     }
 
 

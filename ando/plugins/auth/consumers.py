@@ -50,33 +50,64 @@ def consumers_with(build: BuildContext, plugin: str) -> list[tuple[Any, Mapping[
     return build.per_snapshot(("consumers_with", plugin), make)
 
 
+CUSTOM_ID = "X-Consumer-Custom-ID"
+
+
+def attach(ctx: Any, consumer: Any) -> None:
+    """`ctx.attach_consumer(consumer)` and, as APISIX's consumer.attach_consumer does, the
+    consumer's `labels.custom_id` in X-Consumer-Custom-ID for the upstream; a consumer without
+    one clears the header, so a client-sent value never passes for the gateway's."""
+    ctx.attach_consumer(consumer)
+    custom_id = consumer.labels.get("custom_id")
+    if custom_id is None:
+        ctx.remove_header(CUSTOM_ID)
+    else:
+        ctx.set_header(CUSTOM_ID, str(custom_id))
+
+
 class Anonymous:
     """APISIX's `anonymous_consumer` fallback of the auth plugins: when authentication fails, a
     configured anonymous consumer identifies the request instead of a refusal. The name is looked
     up once per config; one that names no consumer refuses with APISIX's 401 "Invalid user
     authorization". `hide`: a request header holding credentials (with `hide_credentials`),
-    removed when the anonymous consumer is attached, as it is when a credential is accepted."""
+    removed when the anonymous consumer is attached, as it is when a credential is accepted.
+    `no_consumer_headers`: response headers of that 401 (key-auth's and jwt-auth's challenge)."""
 
-    __slots__ = ("configured", "consumer", "hide")
+    __slots__ = ("configured", "consumer", "hide", "no_consumer")
 
     def __init__(
-        self, build: BuildContext, conf: Mapping[str, Any], hide: str | None = None
+        self,
+        build: BuildContext,
+        conf: Mapping[str, Any],
+        hide: str | None = None,
+        no_consumer_headers: Mapping[str, str] | None = None,
     ) -> None:
         name = conf.get("anonymous_consumer")
         self.configured = name is not None
         self.consumer = build.snapshot.consumers.get(name) if name is not None else None
         self.hide = hide
+        self.no_consumer = (
+            Response(401, _NO_ANONYMOUS_BODY, no_consumer_headers)
+            if no_consumer_headers
+            else _NO_ANONYMOUS
+        )
+
+    @property
+    def usable(self) -> bool:
+        """Whether a refused request goes on as the anonymous consumer."""
+        return self.consumer is not None
 
     def refuse(self, ctx: Any, refusal: Response) -> Response | None:
         """`refusal`, or None after attaching the anonymous consumer to `ctx`."""
         if not self.configured:
             return refusal
         if self.consumer is None:
-            return _NO_ANONYMOUS
+            return self.no_consumer
         if self.hide is not None:
             ctx.remove_header(self.hide)
-        ctx.attach_consumer(self.consumer)
+        attach(ctx, self.consumer)
         return None
 
 
-_NO_ANONYMOUS = Response(401, {"message": "Invalid user authorization"})
+_NO_ANONYMOUS_BODY = {"message": "Invalid user authorization"}
+_NO_ANONYMOUS = Response(401, _NO_ANONYMOUS_BODY)

@@ -13,7 +13,10 @@ within `clock_skew` seconds of the gateway's clock, every `signed_headers` entry
 and with `validate_request_body` the Digest header (`SHA-256=<base64>`) must match the body.
 
 Every refusal is APISIX's 401 `{"message": "client request can't be validated"}` (the reason goes
-to the log only, as in APISIX). Where Ando is stricter: a header named in `headers` but absent
+to the log only, as in APISIX), but for the two failures found before validation, which APISIX
+explains in the body: no Authorization header (`client request can't be validated: missing
+Authorization header`) and one that does not start with "Signature" (`...: Authorization header
+does not start with 'Signature'`). Where Ando is stricter: a header named in `headers` but absent
 from the request fails validation (APISIX skips it silently).
 """
 
@@ -27,11 +30,21 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, secret_index
+from ando.plugins.auth.consumers import Anonymous, attach, secret_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
 REFUSED = Response(401, {"message": "client request can't be validated"})
+NO_HEADER = Response(
+    401, {"message": "client request can't be validated: missing Authorization header"}
+)
+NOT_SIGNATURE = Response(
+    401,
+    {
+        "message": "client request can't be validated: "
+        "Authorization header does not start with 'Signature'"
+    },
+)
 
 DIGESTS = {"hmac-sha1": hashlib.sha1, "hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
 
@@ -129,7 +142,9 @@ class HmacAuth(Plugin):
         it return a coroutine (reading the body means waiting for it)."""
         header = ctx.header("Authorization")
         if header is None:
-            return self.anonymous.refuse(ctx, REFUSED)
+            return self.anonymous.refuse(ctx, NO_HEADER)
+        if not header.startswith("Signature"):
+            return self.anonymous.refuse(ctx, NOT_SIGNATURE)
         params = parse_signature(header)
         if params is None or not params.key_id or not params.signature:
             return self.anonymous.refuse(ctx, REFUSED)
@@ -181,4 +196,4 @@ class HmacAuth(Plugin):
     def _accept(self, ctx: RequestContext, consumer: Any) -> None:
         if self.hide:
             ctx.remove_header("Authorization")
-        ctx.attach_consumer(consumer)
+        attach(ctx, consumer)

@@ -6,7 +6,9 @@ APISIX's jwt-auth (3.x): priority 2510, runs in rewrite. The token comes from th
 jwt-auth credential verifies it. Every refusal is a 401 with APISIX's message:
 "Missing JWT token in request", "JWT token invalid" (not a JWT at all), "missing user key in JWT
 token", "Invalid user key in JWT token" and "failed to verify jwt" (signature, algorithm, exp,
-nbf). exp and nbf are checked when present, with `lifetime_grace_period` seconds of leeway.
+nbf), each with `WWW-Authenticate: Bearer realm="<realm>"` (realm "jwt" by default). exp and
+nbf are checked when present, with `lifetime_grace_period` seconds of leeway; `claims_to_verify`
+narrows that to the claims it lists and makes them required (APISIX's jwt-auth/parser.lua).
 
 The security of this plugin is in two rules, both enforced by PyJWT once told: a token is only
 verified with the one algorithm its consumer is configured with (so `alg: none`, or an RS256
@@ -26,7 +28,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from ando.plugins.auth.consumers import Anonymous
+from ando.plugins.auth.consumers import Anonymous, attach
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
@@ -35,11 +37,11 @@ from ando.plugins.context import RequestContext
 # choice (APISIX takes any), and a warning per request would flood stderr.
 warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
-MISSING = Response(401, {"message": "Missing JWT token in request"})
-INVALID = Response(401, {"message": "JWT token invalid"})
-MISSING_KEY = Response(401, {"message": "missing user key in JWT token"})
-UNKNOWN_KEY = Response(401, {"message": "Invalid user key in JWT token"})
-NOT_VERIFIED = Response(401, {"message": "failed to verify jwt"})
+MISSING = "Missing JWT token in request"
+INVALID = "JWT token invalid"
+MISSING_KEY = "missing user key in JWT token"
+UNKNOWN_KEY = "Invalid user key in JWT token"
+NOT_VERIFIED = "failed to verify jwt"
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
@@ -146,7 +148,22 @@ class JwtAuth(Plugin):
     type = "auth"
     has_consumer_schema = True
 
-    __slots__ = ("anonymous", "claim", "cookie", "credentials", "header", "hide", "query", "store")
+    __slots__ = (
+        "anonymous",
+        "claim",
+        "cookie",
+        "credentials",
+        "header",
+        "hide",
+        "invalid",
+        "missing",
+        "missing_key",
+        "not_verified",
+        "options",
+        "query",
+        "store",
+        "unknown_key",
+    )
 
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
@@ -156,8 +173,23 @@ class JwtAuth(Plugin):
         self.hide = conf["hide_credentials"]
         self.claim = conf["key_claim_name"]
         self.store = conf["store_in_ctx"]
-        self.anonymous = Anonymous(build, conf)
         self.credentials = _credentials(build, self.name)
+        challenge = {"WWW-Authenticate": f'Bearer realm="{conf["realm"]}"'}
+        self.missing = Response(401, {"message": MISSING}, challenge)
+        self.invalid = Response(401, {"message": INVALID}, challenge)
+        self.missing_key = Response(401, {"message": MISSING_KEY}, challenge)
+        self.unknown_key = Response(401, {"message": UNKNOWN_KEY}, challenge)
+        self.not_verified = Response(401, {"message": NOT_VERIFIED}, challenge)
+        self.anonymous = Anonymous(build, conf, no_consumer_headers=challenge)
+        # claims_to_verify listed: only those, and required; otherwise exp and nbf when present
+        claims = conf.get("claims_to_verify")
+        self.options: dict[str, Any] | None = None
+        if claims:
+            self.options = {
+                "verify_exp": "exp" in claims,
+                "verify_nbf": "nbf" in claims,
+                "require": list(claims),
+            }
 
     @classmethod
     def check_conf(cls, conf: dict[str, Any], on_consumer: bool) -> Problems:
@@ -183,29 +215,30 @@ class JwtAuth(Plugin):
     def rewrite(self, ctx: RequestContext) -> Response | None:
         token = self._take_token(ctx)
         if token is None:
-            return self.anonymous.refuse(ctx, MISSING)
+            return self.anonymous.refuse(ctx, self.missing)
         try:
             payload = _READ.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            return self.anonymous.refuse(ctx, INVALID)
+            return self.anonymous.refuse(ctx, self.invalid)
         user_key = payload.get(self.claim)
         if user_key is None:
-            return self.anonymous.refuse(ctx, MISSING_KEY)
+            return self.anonymous.refuse(ctx, self.missing_key)
         credential = self.credentials.get(user_key) if isinstance(user_key, str) else None
         if credential is None:
-            return self.anonymous.refuse(ctx, UNKNOWN_KEY)
+            return self.anonymous.refuse(ctx, self.unknown_key)
         try:
             payload = _VERIFY.decode(
                 token,
                 credential.key,
                 algorithms=credential.algorithms,
                 leeway=credential.leeway,
+                options=self.options,
             )
         except jwt.PyJWTError:
-            return self.anonymous.refuse(ctx, NOT_VERIFIED)
+            return self.anonymous.refuse(ctx, self.not_verified)
         if self.store:
             ctx.data["jwt_auth_payload"] = payload
-        ctx.attach_consumer(credential.consumer)
+        attach(ctx, credential.consumer)
         return None
 
     def _take_token(self, ctx: RequestContext) -> str | None:
