@@ -74,6 +74,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-real-ip",
     # Set by the gateway once an auth plugin identified a consumer; never taken from a client.
     b"x-consumer-username",
+    b"x-consumer-custom-id",
     b"x-credential-identifier",
 }
 
@@ -483,7 +484,13 @@ class ProxyExchange:
         else:
             lines.append(_forwarded_lines(req, fwd[0], pctx.forwarded))
         if pctx is not None and pctx.consumer is not None:
-            lines.append(b"X-Consumer-Username: " + pctx.consumer.username.encode() + b"\r\n")
+            consumer = pctx.consumer
+            lines.append(b"X-Consumer-Username: " + consumer.username.encode() + b"\r\n")
+            # APISIX's attach_consumer: the consumer's labels.custom_id (a label value: no
+            # whitespace, so no CR or LF)
+            custom_id = consumer.labels.get("custom_id")
+            if custom_id is not None:
+                lines.append(b"X-Consumer-Custom-ID: " + str(custom_id).encode() + b"\r\n")
             if pctx.credential_id:
                 lines.append(b"X-Credential-Identifier: " + pctx.credential_id.encode() + b"\r\n")
         if self.upgrade:

@@ -17,7 +17,7 @@ import binascii
 import hmac
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, attach, secret_index
+from ando.plugins.auth.consumers import Anonymous, secret_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
@@ -87,5 +87,5 @@ class BasicAuth(Plugin):
             return self.anonymous.refuse(ctx, self.invalid_user)
         if self.hide:
             ctx.remove_header("Authorization")
-        attach(ctx, consumer)
+        ctx.attach_consumer(consumer)
         return None

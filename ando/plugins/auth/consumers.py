@@ -50,21 +50,6 @@ def consumers_with(build: BuildContext, plugin: str) -> list[tuple[Any, Mapping[
     return build.per_snapshot(("consumers_with", plugin), make)
 
 
-CUSTOM_ID = "X-Consumer-Custom-ID"
-
-
-def attach(ctx: Any, consumer: Any) -> None:
-    """`ctx.attach_consumer(consumer)` and, as APISIX's consumer.attach_consumer does, the
-    consumer's `labels.custom_id` in X-Consumer-Custom-ID for the upstream; a consumer without
-    one clears the header, so a client-sent value never passes for the gateway's."""
-    ctx.attach_consumer(consumer)
-    custom_id = consumer.labels.get("custom_id")
-    if custom_id is None:
-        ctx.remove_header(CUSTOM_ID)
-    else:
-        ctx.set_header(CUSTOM_ID, str(custom_id))
-
-
 class Anonymous:
     """APISIX's `anonymous_consumer` fallback of the auth plugins: when authentication fails, a
     configured anonymous consumer identifies the request instead of a refusal. The name is looked
@@ -105,7 +90,7 @@ class Anonymous:
             return self.no_consumer
         if self.hide is not None:
             ctx.remove_header(self.hide)
-        attach(ctx, self.consumer)
+        ctx.attach_consumer(self.consumer)
         return None
 
 

@@ -30,7 +30,7 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, attach, secret_index
+from ando.plugins.auth.consumers import Anonymous, secret_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
@@ -196,4 +196,4 @@ class HmacAuth(Plugin):
     def _accept(self, ctx: RequestContext, consumer: Any) -> None:
         if self.hide:
             ctx.remove_header("Authorization")
-        attach(ctx, consumer)
+        ctx.attach_consumer(consumer)

@@ -28,7 +28,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from ando.plugins.auth.consumers import Anonymous, attach
+from ando.plugins.auth.consumers import Anonymous
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.checks import Problems
 from ando.plugins.context import RequestContext
@@ -238,7 +238,7 @@ class JwtAuth(Plugin):
             return self.anonymous.refuse(ctx, self.not_verified)
         if self.store:
             ctx.data["jwt_auth_payload"] = payload
-        attach(ctx, credential.consumer)
+        ctx.attach_consumer(credential.consumer)
         return None
 
     def _take_token(self, ctx: RequestContext) -> str | None:

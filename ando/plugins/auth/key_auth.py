@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ando.plugins.auth.consumers import Anonymous, attach, credential_index
+from ando.plugins.auth.consumers import Anonymous, credential_index
 from ando.plugins.base import BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext
 
@@ -54,7 +54,7 @@ class KeyAuth(Plugin):
                 ctx.remove_header(self.header)
             else:
                 ctx.set_arg(self.query, None)
-        attach(ctx, consumer)
+        ctx.attach_consumer(consumer)
         return None
 
     def _refuse(self, ctx: RequestContext, refusal: Response) -> Response | None:
