@@ -101,6 +101,7 @@ def key_gw(
             route(
                 "key-anon-gone", "/key-anon-gone", {"key-auth": {"anonymous_consumer": "nobody"}}
             ),
+            {"id": "open", "uri": "/open/*", "upstream": up},
         ],
     }
     with GatewayProcess(config, tmp_path_factory.mktemp("keycompat"), access_log=False) as g:
@@ -234,3 +235,6 @@ def test_the_upstream_hears_the_consumers_custom_id_and_never_a_clients(key_gw):
     r = request(key_gw.port, path="/key-anon/x", headers=forged)
     assert r.status == 200 and consumer_seen(r) == ["anon"]
     assert "x-consumer-custom-id" not in echoed_headers(r)
+    # and on a route without authentication, as X-Consumer-Username: never a client's
+    r = request(key_gw.port, path="/open/x", headers=forged)
+    assert r.status == 200 and "x-consumer-custom-id" not in echoed_headers(r)
