@@ -176,6 +176,7 @@ def build_snapshot(
                 b.error(("ando", "listen", i), "tls: true needs at least one certificate in ssls")
     _assign_ids(b)
     _check_plugins(b)
+    _check_limit_count_groups(b)
     _check_references(b)
     _check_fields(b)
     if b.diags:
@@ -354,6 +355,30 @@ def _check_plugins(b: _Build) -> None:
             if b.schema(checker, fields, ("plugin_metadata", i)):
                 checker.apply_defaults(fields)
                 item.update(fields)
+
+
+def _check_limit_count_groups(b: _Build) -> None:
+    """limit-count configurations that share a `group` share one counter, so they must be the
+    same configuration (defaults filled in), as APISIX refuses otherwise ("group conf
+    mismatched"): which count would the shared counter enforce?"""
+    first: dict[str, tuple[dict[str, Any], Path]] = {}
+    for section, i, name, conf in _plugin_confs(b):
+        if name != "limit-count" or not isinstance(conf, dict):
+            continue
+        group = conf.get("group")
+        if not isinstance(group, str):
+            continue
+        body = {k: v for k, v in conf.items() if k != "_meta"}
+        path = (section, i, "plugins", name)
+        seen = first.setdefault(group, (body, path))
+        if seen[0] != body:
+            where = f"{seen[1][0]}[{seen[1][1]}]"
+            b.error(
+                (*path, "group"),
+                f"limit-count group '{group}' is configured differently in {where}: every "
+                "limit-count of a group shares one counter, so their configurations must be "
+                "the same (APISIX: group conf mismatched)",
+            )
 
 
 def _check_plugin_conf(

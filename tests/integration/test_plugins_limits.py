@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.client import Response, request
-from tests.support.config import UP, config_problems
+from tests.support.config import UP, config_problems, snapshot
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import closed_port, free_port
 
@@ -466,3 +466,21 @@ def problems(plugins: str) -> list[str]:
 def test_bad_configurations_are_refused_where_they_are_written(plugins, expected):
     found = problems(plugins)
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_group_configured_two_ways_is_refused_at_the_second():
+    """limit-count configurations sharing a `group` share one counter: APISIX refuses them when
+    they differ ("group conf mismatched"); the same configuration, defaults filled in, is fine."""
+
+    def routes(second_count: int, second_extra: str) -> str:
+        text = "routes:\n"
+        for uri, count, extra in (("a", 2, ""), ("b", second_count, second_extra)):
+            conf = f"{{count: {count}, time_window: 60, group: shared{extra}}}"
+            text += f"  - uri: /{uri}\n    {UP}\n    plugins:\n      limit-count: {conf}\n"
+        return text
+
+    assert snapshot(routes(2, ", policy: local")) is not None  # the default, written out
+    found = config_problems(routes(5, ""))
+    assert len(found) == 1, found
+    assert found[0].startswith("t.yaml:9:"), found  # the second route's plugin, where written
+    assert "limit-count group 'shared' is configured differently in routes[0]" in found[0]

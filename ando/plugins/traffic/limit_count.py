@@ -16,7 +16,8 @@ Where the count lives (`policy`):
 
 A counter is keyed by where the configuration was written (a service's limit counts once for all
 its routes), the window length and the request's key; with `group`, by the group instead, so
-every configuration naming it shares one counter.
+every configuration naming it shares one counter (and `ando validate` refuses a group configured
+two ways, as APISIX does: ando/config/compile.py).
 """
 
 from __future__ import annotations
