@@ -316,8 +316,9 @@ def gateway_headers() -> list[tuple[bytes, bytes]]:
 
 
 def json_error(status: int, message: str) -> bytes:
-    """The gateway's error body, APISIX's shape: {"error_msg": "404 Route Not Found"}."""
-    return orjson.dumps({"error_msg": message})
+    """The gateway's error body, APISIX's: {"error_msg": "404 Route Not Found"} and a newline
+    (core.response.exit writes one after a table body)."""
+    return orjson.dumps({"error_msg": message}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class HttpConnection(asyncio.Protocol):

@@ -62,7 +62,9 @@ class Response:
         elif isinstance(body, str):
             self.body, self.content_type = body.encode(), "text/plain; charset=utf-8"
         else:
-            self.body, self.content_type = orjson.dumps(body), "application/json"
+            # a newline after the JSON, as APISIX's core.response.exit writes a table body
+            body = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+            self.body, self.content_type = body, "application/json"
         for k, v in self.headers:
             if k.lower() == "content-type":
                 self.content_type = v

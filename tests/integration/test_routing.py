@@ -19,7 +19,7 @@ from tests.support.client import Response, request
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import UpstreamServer
 
-NOT_FOUND = b'{"error_msg":"404 Route Not Found"}'
+NOT_FOUND = b'{"error_msg":"404 Route Not Found"}\n'  # APISIX's exit: a newline after JSON
 
 
 def _r(rid: str, **kw: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def test_rejection_with_a_message_is_apisix_json():
     r = rejection(429, "slow down")
     assert (r.status, r.body, r.content_type) == (
         429,
-        b'{"error_msg":"slow down"}',
+        b'{"error_msg":"slow down"}\n',
         "application/json",
     )
 

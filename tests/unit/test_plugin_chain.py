@@ -161,7 +161,7 @@ routes:
     assert [e.name for e in chain.rewrite] == ["low"]  # high disabled
     headers = {"x-on": "yes"}
     result, ctx = run(chain, headers, var=lambda n: headers.get(n[5:].replace("_", "-")))
-    assert result.status == 403 and result.body == b'{"message":"custom"}'
+    assert result.status == 403 and result.body == b'{"message":"custom"}\n'
     result, ctx = run(chain, {}, var=lambda n: None)  # the filter does not match: not run
     assert result is None and "ran" not in ctx.data
 
