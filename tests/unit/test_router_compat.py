@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
+
+from ando.config.diagnostics import ConfigError
+from ando.config.source import snapshot_from_text
 from ando.http.path import split_target
 from ando.router.router import RouteEntry, Router
 
@@ -91,3 +95,27 @@ def test_pattern_length_ranks_by_bytes_as_radixtree() -> None:
     first_aa = Router([entry("aa", "/k/*aa"), entry("e", "/k/*é", order=1)])
     assert routed(first_e, b"/k/x") == "e"
     assert routed(first_aa, b"/k/x") == "aa"
+
+
+# --- filter_func: APISIX runs a Lua function string as one more route predicate ---------------
+#
+# apisix/http/router/radixtree_host_uri.lua loads route.filter_func with loadstring and
+# lua-resty-radixtree calls it after vars; a route whose function returns false does not match.
+# Ando runs no Lua in the router, so a config with one must be refused, and say why.
+
+
+def test_filter_func_is_refused_with_a_reason() -> None:
+    text = (
+        "routes:\n"
+        "  - id: r\n"
+        "    uri: /a\n"
+        "    filter_func: \"function(vars) return vars.arg_x == 'y' end\"\n"
+        "    upstream: {nodes: {'127.0.0.1:1980': 1}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        snapshot_from_text(text, "t.yaml", environ={})
+    messages = [d.format() for d in e.value.diagnostics]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("t.yaml:4:5: routes[0].filter_func: ")
+    assert "Lua" in messages[0] and "vars" in messages[0]
+    assert "unknown field" not in messages[0]
