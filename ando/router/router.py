@@ -254,14 +254,20 @@ def _compile_uri(
 ) -> tuple[int, str, re.Pattern[str] | None, tuple[str, ...], str | None]:
     """Classify a uri the way lua-resty-radixtree does: (kind, tree key, regex, names, capture).
 
-    The tree key is the text before the first ``:`` (only with parameter matching) or else the
-    first ``*``; a uri with neither is exact.  radixtree then checks the whole pattern against
+    The tree key is the text before the first ``:`` (only with parameter matching, and only
+    when some segment starts with ``:``) or else the first ``*``; a uri with neither is exact
+    (``/a-:id`` and ``/v1/x:get`` included).  radixtree then checks the whole pattern against
     the path only if some ``/``-separated segment *starts* with ``:`` or ``*``; otherwise the
-    key alone decides (so ``/foo*bar`` behaves as ``/foo*``, ``/a-:id`` as a prefix ``/a-``).
+    key alone decides (so ``/foo*bar`` behaves as ``/foo*``).
     A lone trailing ``*``/``*name`` segment is a plain prefix too (with ``name`` capturing the
     rest), so the common ``/foo/*`` never touches a regex.
     """
     colon = uri.find(":") if param_match else -1
+    if colon >= 0 and "/:" not in uri and uri[:1] != ":":
+        # No segment starts with ":", so nothing is a parameter: the colons are text, as in
+        # APISIX's default router, and "/v1/things:batchGet" stays exact instead of becoming
+        # the prefix "/v1/things" (radixtree_uri_with_parameter's accident).
+        colon = -1
     if colon >= 0:
         key = uri[:colon]
     else:

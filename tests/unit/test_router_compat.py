@@ -16,12 +16,19 @@ from ando.http.path import split_target
 from ando.router.router import RouteEntry, Router
 
 
-def entry(route_id: str, *uris: str, hosts: Iterable[str] | None = None, order: int = 0):
+def entry(
+    route_id: str,
+    *uris: str,
+    hosts: Iterable[str] | None = None,
+    priority: int = 0,
+    order: int = 0,
+) -> RouteEntry:
     return RouteEntry(
         payload=route_id,
         route_id=route_id,
         uris=uris,
         hosts=tuple(hosts) if hosts is not None else None,
+        priority=priority,
         order=order,
     )
 
@@ -119,3 +126,30 @@ def test_filter_func_is_refused_with_a_reason() -> None:
     assert messages[0].startswith("t.yaml:4:5: routes[0].filter_func: ")
     assert "Lua" in messages[0] and "vars" in messages[0]
     assert "unknown field" not in messages[0]
+
+
+# --- a ":" inside a segment is text, not the start of a parameter ------------------------------
+#
+# APISIX's default router (radixtree_host_uri; apisix/utils/router.lua builds every tree with
+# no_param_match = true) keeps "/v1/things:batchGet" an exact uri. Ando adds ":name" segments
+# (radixtree_uri_with_parameter's syntax), whose tree key stops at the first ":"; a colon that
+# does not start a segment must not cut the uri down to a prefix "/v1/things".
+
+
+def test_colon_inside_a_segment_keeps_the_uri_exact() -> None:
+    router = Router([entry("get", "/v1/things:batchGet"), entry("t", "/time/12:30", order=1)])
+    assert routed(router, b"/v1/things:batchGet") == "get"
+    assert routed(router, b"/v1/things:batchDelete") is None
+    assert routed(router, b"/v1/things") is None
+    assert routed(router, b"/v1/thingsXYZ/secret") is None
+    assert routed(router, b"/time/12:30") == "t"
+    assert routed(router, b"/time/12:45") is None
+
+
+def test_colon_inside_a_segment_of_a_prefix_uri_is_text() -> None:
+    # "/v1/x:list/*" is the prefix "/v1/x:list/", longer than the prefix "/v1/x", so it is tried
+    # first whatever the priorities (a longer tree key always wins); cut at the colon, both were
+    # under "/v1/x" and the higher priority took the request.
+    router = Router([entry("x", "/v1/x*", priority=10), entry("list", "/v1/x:list/*", order=1)])
+    assert routed(router, b"/v1/x:list/p") == "list"
+    assert routed(router, b"/v1/x:other/p") == "x"
