@@ -216,6 +216,7 @@ _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 # Characters a normalized request path may hold as they are (ando/http/path.py): visible ASCII
 # but "%" (always an escape there), "#", "?" and the backslash (never raw in a path).
 _RAW_OK = frozenset(map(chr, range(0x21, 0x7F))) - frozenset("%#?\\")
+_NEEDS_CANONICAL = re.compile(r"[^\x21-\x7e]|[%#?\\]")
 
 
 def _canonical_uri(uri: str) -> str:
@@ -229,7 +230,7 @@ def _canonical_uri(uri: str) -> str:
     characters are spelled as the normalizer spells them, so ``%2A`` stays a literal, not a
     wildcard); any other ``%`` is a literal percent sign.
     """
-    if all(ch in _RAW_OK for ch in uri):
+    if _NEEDS_CANONICAL.search(uri) is None:
         return uri
     out: list[str] = []
     i = 0
