@@ -479,6 +479,15 @@ def _check_fields(b: _Build) -> None:
         if "vars" in route:
             _check_expr(b, route["vars"], (*base, "vars"))
         _check_addrs(b, route, base)
+        if "filter_func" in route:
+            # APISIX runs it (loadstring) as one more predicate after vars; ignoring it would
+            # widen the route, so the file is refused instead.
+            b.error(
+                (*base, "filter_func"),
+                "filter_func is a Lua function, which Ando's router does not run: express the "
+                'condition with vars (e.g. [["arg_x", "==", "y"]]) or remove it',
+                key=True,
+            )
         if isinstance(route.get("upstream"), dict):
             _check_upstream(b, route["upstream"], (*base, "upstream"))
     for i, service in b.valid["services"]:

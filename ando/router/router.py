@@ -20,7 +20,10 @@ and APISIX (``apisix/http/router/radixtree_host_uri.lua``, ``apisix/utils/router
 4. **Within one key (or one exact uri): ``priority`` (higher first), then the longer uri
    pattern** (so ``/user/:id/posts`` is tried before ``/user/:id`` before ``/user/*``), **then
    config order.**
-5. **A candidate must pass** ``methods``, ``remote_addrs`` and ``vars`` (and, for a pattern uri,
+5. **Uris are compared decoded.**  APISIX matches against nginx's percent-decoded ``$uri``; the
+   path Ando routes on keeps escapes outside the unreserved set, so each route uri is spelled
+   that way once, at build time (``/café`` is stored as ``/caf%C3%A9``; see _canonical_uri).
+6. **A candidate must pass** ``methods``, ``remote_addrs`` and ``vars`` (and, for a pattern uri,
    match the whole path: ``:name`` is exactly one non-empty segment, ``*name`` anything);
    otherwise the next candidate is tried, then the next key, then the next host table.
 
@@ -132,6 +135,8 @@ class _Cand:
         "match",
         "methods",
         "names",
+        "path",
+        "rank_len",
         "regex",
         "remote_addrs",
         "simple",
@@ -142,7 +147,11 @@ class _Cand:
 
     def __init__(self, entry: RouteEntry, uri: str, param_match: bool) -> None:
         self.entry = entry
-        self.uri = uri
+        self.uri = uri  # as written: what a Match reports (APISIX's matched _path)
+        # The uri in the form of a normalized request path (see _canonical_uri): what is matched.
+        self.path = path = _canonical_uri(uri)
+        # radixtree orders equal priorities by the pattern's length in bytes (Lua's #path_org).
+        self.rank_len = len(uri) if uri.isascii() else len(uri.encode("utf-8", "surrogatepass"))
         methods = entry.methods
         self.methods = methods if methods else None
         # The compiled objects from ando/router/ipset.py and expr.py; only these methods are used.
@@ -151,7 +160,7 @@ class _Cand:
         expr = cast("VarsExpr | None", entry.vars)
         self.remote_addrs = addrs.contains if addrs is not None else None
         self.vars = expr.evaluate if expr is not None else None
-        self.kind, self.key, self.regex, self.names, self.capture = _compile_uri(uri, param_match)
+        self.kind, self.key, self.regex, self.names, self.capture = _compile_uri(path, param_match)
         # With distinct identifier names the regex uses named groups and groupdict() is the
         # params dict, built in C; otherwise zip names with groups (a repeated name: last wins,
         # as in radixtree).
@@ -170,7 +179,7 @@ class _Cand:
     def path_params(self, path: str) -> Mapping[str, str] | None:
         """The params if this uri matches ``path`` at all, else None (cold path: explain)."""
         if self.kind == _EXACT:
-            return EMPTY_PARAMS if path == self.uri else None
+            return EMPTY_PARAMS if path == self.path else None
         if not path.startswith(self.key):
             return None
         return self._params(path)
@@ -202,19 +211,64 @@ class _Cand:
         return None
 
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+# Characters a normalized request path may hold as they are (ando/http/path.py): visible ASCII
+# but "%" (always an escape there), "#", "?" and the backslash (never raw in a path).
+_RAW_OK = frozenset(map(chr, range(0x21, 0x7F))) - frozenset("%#?\\")
+_NEEDS_CANONICAL = re.compile(r"[^\x21-\x7e]|[%#?\\]")
+
+
+def _canonical_uri(uri: str) -> str:
+    """A route uri spelled as a normalized request path spells the same decoded path.
+
+    APISIX compares a route's uri with nginx's ``$uri``, which is percent-decoded: ``/café`` and
+    ``/a b`` serve requests for ``/caf%C3%A9`` and ``/a%20b``.  Ando's normalized path keeps the
+    escape of every byte outside the unreserved set (upper-case hex) and can never hold a space,
+    a non-ASCII character, ``?`` or ``#`` as such, so those are escaped here, once, at build
+    time.  A ``%`` that starts an escape is read as one (lower-case hex and escaped unreserved
+    characters are spelled as the normalizer spells them, so ``%2A`` stays a literal, not a
+    wildcard); any other ``%`` is a literal percent sign.
+    """
+    if _NEEDS_CANONICAL.search(uri) is None:
+        return uri
+    out: list[str] = []
+    i = 0
+    n = len(uri)
+    while i < n:
+        ch = uri[i]
+        if ch in _RAW_OK:
+            out.append(ch)
+        elif ch == "%" and len(hex2 := uri[i + 1 : i + 3]) == 2 and set(hex2) <= _HEXDIGITS:
+            byte = int(hex2, 16)
+            out.append(chr(byte) if chr(byte) in _UNRESERVED else f"%{byte:02X}")
+            i += 3
+            continue
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        i += 1
+    return "".join(out)
+
+
 def _compile_uri(
     uri: str, param_match: bool
 ) -> tuple[int, str, re.Pattern[str] | None, tuple[str, ...], str | None]:
     """Classify a uri the way lua-resty-radixtree does: (kind, tree key, regex, names, capture).
 
-    The tree key is the text before the first ``:`` (only with parameter matching) or else the
-    first ``*``; a uri with neither is exact.  radixtree then checks the whole pattern against
+    The tree key is the text before the first ``:`` (only with parameter matching, and only
+    when some segment starts with ``:``) or else the first ``*``; a uri with neither is exact
+    (``/a-:id`` and ``/v1/x:get`` included).  radixtree then checks the whole pattern against
     the path only if some ``/``-separated segment *starts* with ``:`` or ``*``; otherwise the
-    key alone decides (so ``/foo*bar`` behaves as ``/foo*``, ``/a-:id`` as a prefix ``/a-``).
+    key alone decides (so ``/foo*bar`` behaves as ``/foo*``).
     A lone trailing ``*``/``*name`` segment is a plain prefix too (with ``name`` capturing the
     rest), so the common ``/foo/*`` never touches a regex.
     """
     colon = uri.find(":") if param_match else -1
+    if colon >= 0 and "/:" not in uri and uri[:1] != ":":
+        # No segment starts with ":", so nothing is a parameter: the colons are text, as in
+        # APISIX's default router, and "/v1/things:batchGet" stays exact instead of becoming
+        # the prefix "/v1/things" (radixtree_uri_with_parameter's accident).
+        colon = -1
     if colon >= 0:
         key = uri[:colon]
     else:
@@ -285,7 +339,7 @@ def _exact_rank(item: tuple[int, _Cand]) -> tuple[int, int, int]:
 
 def _tree_rank(item: tuple[int, _Cand]) -> tuple[int, int, int, int]:
     seq, c = item
-    return (-c.entry.priority, -len(c.uri), c.entry.order, seq)
+    return (-c.entry.priority, -c.rank_len, c.entry.order, seq)
 
 
 class _PathTable:
@@ -303,7 +357,7 @@ class _PathTable:
     def add(self, seq: int, cand: _Cand) -> None:
         """Collect a candidate (build time); ``seq`` is its position among all (route, uri)."""
         if cand.kind == _EXACT:
-            self._pending_exact.setdefault(cand.uri, []).append((seq, cand))
+            self._pending_exact.setdefault(cand.path, []).append((seq, cand))
         else:
             self._pending_tree.setdefault(cand.key, []).append((seq, cand))
 
