@@ -185,7 +185,17 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         _ctx().remove_header(name)
 
     def set_uri(uri: str) -> None:
-        _ctx().set_uri(text(uri))
+        """The path sent upstream, and the query too when `uri` has one; without one, the query
+        stays (as ngx.req.set_uri and Kong's set_path: a plugin that moves the path keeps the
+        client's arguments)."""
+        ctx = _ctx()
+        uri = text(uri)
+        if "?" not in uri:
+            current = ctx.upstream_uri
+            query = current.partition("?")[2] if current is not None else ctx.query
+            if query:
+                uri += "?" + query
+        ctx.set_uri(uri)
 
     def set_arg(name: str, value: Any) -> None:
         _ctx().set_arg(text(name), None if value is None else text(str(value)))
