@@ -272,6 +272,11 @@ def probe(gw: GatewayProcess, path: str = "/eval", headers: Any = (), **code: st
     return request(gw.port, "GET", path, headers=items)
 
 
+def sent_up(r: Any, prefix: str = "x-t") -> list[tuple[str, str]]:
+    """The request headers the upstream received whose names start with `prefix`."""
+    return [(k.lower(), v) for k, v in upstream_saw(r)["headers"] if k.lower().startswith(prefix)]
+
+
 def test_set_uri_without_a_query_keeps_the_query(gw: GatewayProcess) -> None:
     # as ngx.req.set_uri: moving the path keeps the client's arguments
     moved = upstream_saw(probe(gw, "/eval?a=1&b=2", access='ando.request.set_uri("/moved")'))
@@ -282,3 +287,83 @@ def test_set_uri_without_a_query_keeps_the_query(gw: GatewayProcess) -> None:
     # an argument set first is kept too
     code = 'ando.request.set_arg("z", "9"); ando.request.set_uri("/moved")'
     assert upstream_saw(probe(gw, "/eval?a=1", access=code))["query"] == "a=1&z=9"
+
+
+def test_request_set_header_nil_removes_and_a_table_sends_each_value(gw: GatewayProcess) -> None:
+    code = (
+        'ando.request.set_header("X-T-Gone", nil)\n'
+        'ando.request.set_header("X-T-Many", {"a", 2, true})\n'
+        'ando.request.set_header("X-T-Bool", false)\n'
+        'ando.request.add_header("X-T-Added", {"c", "d"})'
+    )
+    r = probe(gw, headers=[("X-T-Gone", "1")], access=code)
+    assert sent_up(r) == [
+        ("x-t-many", "a"),
+        ("x-t-many", "2"),
+        ("x-t-many", "true"),
+        ("x-t-bool", "false"),
+        ("x-t-added", "c"),
+        ("x-t-added", "d"),
+    ]
+
+
+def test_response_set_header_nil_removes_and_a_table_sends_each_value(gw: GatewayProcess) -> None:
+    code = (
+        'ando.response.set_header("X-T-Type", nil)\n'
+        'ando.response.set_header("Content-Type", nil)\n'
+        'ando.response.set_header("X-T-Many", {"a", 1, false})\n'
+        'ando.response.set_header("X-T-Bool", true)\n'
+        'ando.response.add_header("X-T-Many", {"c"})'
+    )
+    r = probe(gw, header_filter=code)
+    assert r.status == 200
+    assert r.header("Content-Type") is None
+    got = [(k.lower(), v) for k, v in r.headers if k.lower().startswith("x-t-")]
+    assert got == [
+        ("x-t-many", "a"),
+        ("x-t-many", "1"),
+        ("x-t-many", "false"),
+        ("x-t-bool", "true"),
+        ("x-t-many", "c"),
+    ]
+    # before header_filter: for the response whoever makes it; nil takes back what was set
+    early = (
+        'ando.response.set_header("X-T-A", "1"); ando.response.add_header("X-T-A", "2")\n'
+        'ando.response.set_header("X-T-A", nil)\n'
+        'ando.response.set_header("X-T-Many", {"a", "b"}); ando.response.set_header("X-T-B", true)'
+    )
+    r = probe(gw, access=early)
+    got = [(k.lower(), v) for k, v in r.headers if k.lower().startswith("x-t-")]
+    assert got == [("x-t-many", "a"), ("x-t-many", "b"), ("x-t-b", "true")]
+
+
+@pytest.mark.parametrize(
+    ("phase", "code", "expect"),
+    [
+        ("access", 'ando.request.add_header("X-A", nil)', "ando.request.add_header: the value"),
+        (
+            "header_filter",
+            'ando.response.add_header("X-A", nil)',
+            "ando.response.add_header: the value",
+        ),
+        (
+            "access",
+            'ando.request.set_header("X-A", print)',
+            "ando.request.set_header: the value must be",
+        ),
+        (
+            "header_filter",
+            'ando.response.set_header("X-A", {{}})',
+            "ando.response.set_header: a table value",
+        ),
+        ("header_filter", 'ando.response.set_header("X-A", {"a\\r\\nb"})', "CR, LF or NUL"),
+    ],
+)
+def test_header_values_that_cannot_be_sent_are_lua_errors(
+    gw: GatewayProcess, phase: str, code: str, expect: str
+) -> None:
+    r = probe(gw, **{phase: code})
+    assert (r.status, r.json()) == (500, {"error_msg": "500 Internal Server Error"})
+    found = gw.wait_events("plugin_error", lambda e: expect in e["traceback"])
+    assert found, gw.stderr()[-3000:]
+    assert "probe:2:" in found[-1]["error"]  # the plugin's line is named
