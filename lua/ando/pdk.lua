@@ -26,6 +26,25 @@ return function(py, EXIT, core)
         return yield(READ_BODY)
     end
 
+    -- get_headers(): lower-case names, and a lookup by any spelling as ngx.req.get_headers()
+    -- has (headers["Content-Type"], headers.content_type): on a miss, the key lower-cased with
+    -- "_" as "-".
+    local lower, gsub, rawget = string.lower, string.gsub, rawget
+    local HEADERS_MT = {
+        __index = function(t, k)
+            if type(k) == "string" then
+                local n = gsub(lower(k), "_", "-")
+                if n ~= k then
+                    return rawget(t, n)
+                end
+            end
+        end,
+    }
+    local py_get_headers = py.get_headers
+    local function get_headers()
+        return setmetatable(py_get_headers(), HEADERS_MT)
+    end
+
     local ando = {}
 
     ando.request = {
@@ -35,7 +54,7 @@ return function(py, EXIT, core)
         get_query = py.get_query,
         get_arg = py.get_arg,
         get_header = py.get_header,
-        get_headers = py.get_headers,
+        get_headers = get_headers,
         set_header = py.set_header,
         add_header = py.add_header,
         remove_header = py.remove_header,

@@ -367,3 +367,23 @@ def test_header_values_that_cannot_be_sent_are_lua_errors(
     found = gw.wait_events("plugin_error", lambda e: expect in e["traceback"])
     assert found, gw.stderr()[-3000:]
     assert "probe:2:" in found[-1]["error"]  # the plugin's line is named
+
+
+def test_get_headers_looks_up_any_spelling(gw: GatewayProcess) -> None:
+    code = (
+        "local h = ando.request.get_headers()\n"
+        "local names = {}\n"
+        "for k in pairs(h) do names[#names + 1] = k end\n"
+        "table.sort(names)\n"
+        'return 200, {ct = h["Content-Type"], ct2 = h.content_type, multi = h.X_Multi,\n'
+        '  lower = h["content-type"], none = h.nope, names = table.concat(names, ",")}'
+    )
+    r = probe(
+        gw, headers=[("Content-Type", "text/x"), ("X-Multi", "1"), ("X-Multi", "2")], access=code
+    )
+    body = r.json()
+    assert body["ct"] == body["ct2"] == body["lower"] == "text/x"
+    assert body["multi"] == ["1", "2"]
+    assert "none" not in body
+    # pairs() still gives the lower-case names only
+    assert body["names"] == "content-type,host,x-access,x-multi"
