@@ -221,6 +221,8 @@ class LuaState:
             for i, v in enumerate(value, 1):
                 t[i] = self.to_lua(v)
             return t
+        if value.__class__ is int and not -(2**63) <= value < 2**63:
+            return float(value)  # a Lua number is a double (lupa cannot pass a wider int)
         return value
 
     def to_python(self, value: Any, key: Any = None) -> Any:

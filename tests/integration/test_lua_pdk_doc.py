@@ -387,3 +387,13 @@ def test_get_headers_looks_up_any_spelling(gw: GatewayProcess) -> None:
     assert "none" not in body
     # pairs() still gives the lower-case names only
     assert body["names"] == "content-type,host,x-access,x-multi"
+
+
+def test_json_decode_of_integers_beyond_64_bits(gw: GatewayProcess) -> None:
+    # a Lua number is a double: a JSON integer too wide for 64 bits is one too (as cjson)
+    code = (
+        'local v = ando.json.decode("[12345678901234567890, -9223372036854775809, 7]")\n'
+        "return 200, {a = v[1] > 1.2e19, b = v[2] < -9.2e18, c = math.type == nil and v[3]}"
+    )
+    r = probe(gw, access=code)
+    assert (r.status, r.json()) == (200, {"a": True, "b": True, "c": 7})
