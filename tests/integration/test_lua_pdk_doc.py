@@ -397,3 +397,10 @@ def test_json_decode_of_integers_beyond_64_bits(gw: GatewayProcess) -> None:
     )
     r = probe(gw, access=code)
     assert (r.status, r.json()) == (200, {"a": True, "b": True, "c": 7})
+
+
+def test_string_dump_is_absent_through_string_methods_too(gw: GatewayProcess) -> None:
+    # the sandbox has no string.dump; ("").dump reached the real one through strings' metatable
+    code = 'return 200, {m = type(("").dump), s = type(string.dump), up = ("x"):upper(), n = #("abc"):rep(2)}'
+    r = probe(gw, access=code)
+    assert (r.status, r.json()) == (200, {"m": "nil", "s": "nil", "up": "X", "n": 6})
