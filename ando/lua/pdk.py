@@ -244,7 +244,12 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         ctx.set_uri(uri)
 
     def set_arg(name: str, value: Any) -> None:
-        _ctx().set_arg(text(name), None if value is None else text(str(value)))
+        if value is None or value.__class__ is str:
+            _ctx().set_arg(text(name), value if value is None else text(value))
+            return
+        if value.__class__ not in (bool, int, float):  # a table, a function: no one value
+            raise PdkError("ando.request.set_arg: the value must be a string, number or boolean")
+        _ctx().set_arg(text(name), header_values("ando.request.set_arg", value)[0])  # type: ignore[index]
 
     def get_body() -> bytes | None:
         """The request body once read; None when the call must wait for it (pdk.lua then

@@ -399,6 +399,17 @@ def test_json_decode_of_integers_beyond_64_bits(gw: GatewayProcess) -> None:
     assert (r.status, r.json()) == (200, {"a": True, "b": True, "c": 7})
 
 
+def test_set_arg_takes_a_number_or_boolean_as_lua_writes_it(gw: GatewayProcess) -> None:
+    code = 'ando.request.set_arg("b", true); ando.request.set_arg("n", 5); ando.request.set_arg("f", 1.5)'
+    assert upstream_saw(probe(gw, "/eval?a=1", access=code))["query"] == "a=1&b=true&n=5&f=1.5"
+    r = probe(gw, access='ando.request.set_arg("t", {"x"})')
+    assert r.status == 500  # not "<Lua table at 0x...>" sent upstream
+    found = gw.wait_events(
+        "plugin_error", lambda e: "ando.request.set_arg: the value" in e["error"]
+    )
+    assert found, gw.stderr()[-3000:]
+
+
 def test_string_dump_is_absent_through_string_methods_too(gw: GatewayProcess) -> None:
     # the sandbox has no string.dump; ("").dump reached the real one through strings' metatable
     code = 'return 200, {m = type(("").dump), s = type(string.dump), up = ("x"):upper(), n = #("abc"):rep(2)}'
