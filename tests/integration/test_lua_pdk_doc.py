@@ -415,3 +415,15 @@ def test_string_dump_is_absent_through_string_methods_too(gw: GatewayProcess) ->
     code = 'return 200, {m = type(("").dump), s = type(string.dump), up = ("x"):upper(), n = #("abc"):rep(2)}'
     r = probe(gw, access=code)
     assert (r.status, r.json()) == (200, {"m": "nil", "s": "nil", "up": "X", "n": 6})
+
+
+def test_answer_headers_take_numbers_and_booleans_as_lua_writes_them(gw: GatewayProcess) -> None:
+    r = probe(gw, access='return 200, "ok", {["X-T-N"] = 5, ["X-T-B"] = true, ["X-T-S"] = "s"}')
+    assert r.status == 200
+    assert (r.header("X-T-N"), r.header("X-T-B"), r.header("X-T-S")) == ("5", "true", "s")
+    r = probe(gw, access='ando.response.exit(200, "ok", {["X-T-F"] = {"a"}})')
+    assert r.status == 500  # not "<Lua table at 0x...>" sent to the client
+    found = gw.wait_events(
+        "plugin_error", lambda e: "header X-T-F: the value must be" in e["error"]
+    )
+    assert found, gw.stderr()[-3000:]
