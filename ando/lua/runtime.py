@@ -244,7 +244,17 @@ class LuaState:
             if keys == list(range(1, n + 1)):
                 by = dict(items)
                 return [self.to_python(by[i]) for i in range(1, n + 1)]
-        return {text(str(k)): self.to_python(v, k) for k, v in items}
+        return {_key(k): self.to_python(v, k) for k, v in items}
+
+
+def _key(k: Any) -> str:
+    """A Lua table key as an object key: a string's text; true/false as Lua writes them (not
+    Python's True); a number's text."""
+    if k.__class__ is str:
+        return text(k)
+    if k.__class__ is bool:
+        return "true" if k else "false"
+    return str(k)
 
 
 def _full_path(message: str, file: str) -> str:

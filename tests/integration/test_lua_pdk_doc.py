@@ -4,6 +4,7 @@ about values a plugin author hands the PDK (nil, booleans, tables) and reads fro
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -427,3 +428,8 @@ def test_answer_headers_take_numbers_and_booleans_as_lua_writes_them(gw: Gateway
         "plugin_error", lambda e: "header X-T-F: the value must be" in e["error"]
     )
     assert found, gw.stderr()[-3000:]
+
+
+def test_json_encode_of_boolean_keys_writes_them_as_lua_does(gw: GatewayProcess) -> None:
+    r = probe(gw, access="return 200, ando.json.encode({[true] = 1, [false] = 2, [1.5] = 3})")
+    assert json.loads(r.body) == {"true": 1, "false": 2, "1.5": 3}
