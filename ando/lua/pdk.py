@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ando.lua.runtime import lua_text, text
+from ando.plugins.context import header_bytes
 
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
@@ -205,6 +206,11 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         """Replace header `name`: nil removes it, a table sends one header per element (as
         ngx.req.set_header)."""
         ctx = _ctx()
+        if len(name) == 4 and name.lower() == "host" and value.__class__ is str:
+            # the gateway writes the upstream request's Host itself (pass_host): this is the
+            # one it sends, as proxy-rewrite's `host` (and Kong's set_header("Host"))
+            header_bytes(value)  # a value with CR or LF is refused here, as for any header
+            ctx.upstream_host = value
         if value.__class__ is str:
             ctx.set_header(name, value)
             return

@@ -433,3 +433,11 @@ def test_answer_headers_take_numbers_and_booleans_as_lua_writes_them(gw: Gateway
 def test_json_encode_of_boolean_keys_writes_them_as_lua_does(gw: GatewayProcess) -> None:
     r = probe(gw, access="return 200, ando.json.encode({[true] = 1, [false] = 2, [1.5] = 3})")
     assert json.loads(r.body) == {"true": 1, "false": 2, "1.5": 3}
+
+
+def test_set_header_host_is_the_host_the_upstream_receives(gw: GatewayProcess) -> None:
+    code = 'ando.request.set_header("Host", "foo.example"); ctx.h = ando.request.get_header("host")'
+    r = probe(gw, access=code + '; ando.request.set_header("X-T-Read", ctx.h)')
+    hosts = [v for k, v in upstream_saw(r)["headers"] if k.lower() == "host"]
+    assert hosts == ["foo.example"]
+    assert sent_up(r) == [("x-t-read", "foo.example")]
