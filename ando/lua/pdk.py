@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ando.lua.runtime import lua_text, text
+from ando.plugins.context import header_bytes
 
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
@@ -86,6 +87,32 @@ def apply_head_ops(head: ResponseHead, ops: Any, start: int = 0) -> None:
 
 class PdkError(Exception):
     """A PDK function used where it cannot work (outside a request, or in the wrong phase)."""
+
+
+def header_values(fname: str, value: Any) -> list[str] | None:
+    """The values a header setter was handed (not a string: a string is the common case, taken
+    as it is by the callers): None for nil, "true"/"false" for a boolean (as Lua's tostring), a
+    number's text, one value per element of a table (as ngx.header and ngx.req.set_header)."""
+    if value is None:
+        return None
+    if value is True or value is False:
+        return ["true" if value else "false"]
+    if isinstance(value, str | int | float):
+        return [str(value)]
+    from lupa.luajit21 import lua_type
+
+    if lua_type(value) == "table":
+        out = []
+        for i in range(1, len(value) + 1):
+            one = header_values(fname, value[i])
+            if one is None or len(one) != 1 or lua_type(value[i]) == "table":
+                raise PdkError(f"{fname}: a table value must be an array of strings or numbers")
+            out.extend(one)
+        return out
+    raise PdkError(
+        f"{fname}: the value must be a string, number, boolean or array of them, "
+        f"got a {lua_type(value) or type(value).__name__}"
+    )
 
 
 def _ctx() -> RequestContext:
@@ -176,19 +203,59 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         return t
 
     def set_header(name: str, value: Any) -> None:
-        _ctx().set_header(name, str(value))
+        """Replace header `name`: nil removes it, a table sends one header per element (as
+        ngx.req.set_header)."""
+        ctx = _ctx()
+        if len(name) == 4 and name.lower() == "host" and value.__class__ is str:
+            # the gateway writes the upstream request's Host itself (pass_host): this is the
+            # one it sends, as proxy-rewrite's `host` (and Kong's set_header("Host"))
+            header_bytes(value)  # a value with CR or LF is refused here, as for any header
+            ctx.upstream_host = value
+        if value.__class__ is str:
+            ctx.set_header(name, value)
+            return
+        values = header_values("ando.request.set_header", value)
+        if not values:
+            ctx.remove_header(name)
+            return
+        ctx.set_header(name, values[0])
+        for v in values[1:]:
+            ctx.add_header(name, v)
 
     def add_header(name: str, value: Any) -> None:
-        _ctx().add_header(name, str(value))
+        ctx = _ctx()
+        if value.__class__ is str:
+            ctx.add_header(name, value)
+            return
+        values = header_values("ando.request.add_header", value)
+        if values is None:
+            raise PdkError("ando.request.add_header: the value must not be nil")
+        for v in values:
+            ctx.add_header(name, v)
 
     def remove_header(name: str) -> None:
         _ctx().remove_header(name)
 
     def set_uri(uri: str) -> None:
-        _ctx().set_uri(text(uri))
+        """The path sent upstream, and the query too when `uri` has one; without one, the query
+        stays (as ngx.req.set_uri and Kong's set_path: a plugin that moves the path keeps the
+        client's arguments)."""
+        ctx = _ctx()
+        uri = text(uri)
+        if "?" not in uri:
+            current = ctx.upstream_uri
+            query = current.partition("?")[2] if current is not None else ctx.query
+            if query:
+                uri += "?" + query
+        ctx.set_uri(uri)
 
     def set_arg(name: str, value: Any) -> None:
-        _ctx().set_arg(text(name), None if value is None else text(str(value)))
+        if value is None or value.__class__ is str:
+            _ctx().set_arg(text(name), value if value is None else text(value))
+            return
+        if value.__class__ not in (bool, int, float):  # a table, a function: no one value
+            raise PdkError("ando.request.set_arg: the value must be a string, number or boolean")
+        _ctx().set_arg(text(name), header_values("ando.request.set_arg", value)[0])  # type: ignore[index]
 
     def get_body() -> bytes | None:
         """The request body once read; None when the call must wait for it (pdk.lua then
@@ -241,18 +308,45 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         return _head().get(name)
 
     def resp_set_header(name: str, value: Any) -> None:
+        """In header_filter (a serverless function's: a Lua plugin's are queued, pdk.lua) on the
+        response head; earlier, for the response whoever makes it. nil removes (earlier: what
+        plugins set or added under that name so far), a table sets one header per element."""
         head = CURRENT.head
+        if value.__class__ is str:
+            if head is not None:
+                head.set(name, value)
+            else:
+                _ctx().set_response_header(name, value)
+            return
+        values = header_values("ando.response.set_header", value)
         if head is not None:
-            head.set(name, str(value))
-        else:
-            _ctx().set_response_header(name, str(value))
+            head.remove(name)
+            for v in values or ():
+                head.add(name, v)
+            return
+        ctx = _ctx()
+        if not values:
+            lower = name.lower().encode("latin-1")
+            pending = ctx.response_headers
+            if pending:
+                pending[:] = [e for e in pending if e[1] != lower]
+            return
+        ctx.set_response_header(name, values[0])
+        for v in values[1:]:
+            ctx.add_response_header(name, v)
 
     def resp_add_header(name: str, value: Any) -> None:
         head = CURRENT.head
-        if head is not None:
-            head.add(name, str(value))
-        else:
-            _ctx().add_response_header(name, str(value))
+        values = (
+            [value] if value.__class__ is str else header_values("ando.response.add_header", value)
+        )
+        if values is None:
+            raise PdkError("ando.response.add_header: the value must not be nil")
+        for v in values:
+            if head is not None:
+                head.add(name, v)
+            else:
+                _ctx().add_response_header(name, v)
 
     def resp_remove_header(name: str, _unused: Any = None) -> None:
         _head().remove(name)

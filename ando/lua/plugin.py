@@ -129,8 +129,18 @@ def answer(st: LuaState, name: str, status: Any, body: Any, headers: Any = None)
 
         if lua_type(headers) != "table":
             raise LuaPluginError(f"Lua plugin {name}: headers must be a table of names")
-        # header names and values as their bytes (latin-1, as the gateway's headers)
-        hdrs = {str(k): str(v) for k, v in headers.items()}
+        # header names and values as their bytes (latin-1, as the gateway's headers); a
+        # boolean as Lua writes it, not Python's True
+        hdrs = {}
+        for k, v in headers.items():
+            if v.__class__ is not str:
+                if v.__class__ not in (bool, int, float):
+                    raise LuaPluginError(
+                        f"Lua plugin {name}: header {k}: the value must be a string, number or "
+                        f"boolean, got a {lua_type(v)}"
+                    )
+                v = ("true" if v else "false") if v.__class__ is bool else str(v)
+            hdrs[str(k)] = v
     return Response(int(status), plain, hdrs or None)
 
 

@@ -221,6 +221,8 @@ class LuaState:
             for i, v in enumerate(value, 1):
                 t[i] = self.to_lua(v)
             return t
+        if value.__class__ is int and not -(2**63) <= value < 2**63:
+            return float(value)  # a Lua number is a double (lupa cannot pass a wider int)
         return value
 
     def to_python(self, value: Any, key: Any = None) -> Any:
@@ -242,7 +244,17 @@ class LuaState:
             if keys == list(range(1, n + 1)):
                 by = dict(items)
                 return [self.to_python(by[i]) for i in range(1, n + 1)]
-        return {text(str(k)): self.to_python(v, k) for k, v in items}
+        return {_key(k): self.to_python(v, k) for k, v in items}
+
+
+def _key(k: Any) -> str:
+    """A Lua table key as an object key: a string's text; true/false as Lua writes them (not
+    Python's True); a number's text."""
+    if k.__class__ is str:
+        return text(k)
+    if k.__class__ is bool:
+        return "true" if k else "false"
+    return str(k)
 
 
 def _full_path(message: str, file: str) -> str:

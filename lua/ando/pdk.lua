@@ -26,6 +26,25 @@ return function(py, EXIT, core)
         return yield(READ_BODY)
     end
 
+    -- get_headers(): lower-case names, and a lookup by any spelling as ngx.req.get_headers()
+    -- has (headers["Content-Type"], headers.content_type): on a miss, the key lower-cased with
+    -- "_" as "-".
+    local lower, gsub, rawget = string.lower, string.gsub, rawget
+    local HEADERS_MT = {
+        __index = function(t, k)
+            if type(k) == "string" then
+                local n = gsub(lower(k), "_", "-")
+                if n ~= k then
+                    return rawget(t, n)
+                end
+            end
+        end,
+    }
+    local py_get_headers = py.get_headers
+    local function get_headers()
+        return setmetatable(py_get_headers(), HEADERS_MT)
+    end
+
     local ando = {}
 
     ando.request = {
@@ -35,7 +54,7 @@ return function(py, EXIT, core)
         get_query = py.get_query,
         get_arg = py.get_arg,
         get_header = py.get_header,
-        get_headers = py.get_headers,
+        get_headers = get_headers,
         set_header = py.set_header,
         add_header = py.add_header,
         remove_header = py.remove_header,
@@ -56,13 +75,64 @@ return function(py, EXIT, core)
     local py_resp_add, py_resp_remove = py.resp_add_header, py.resp_remove_header
     local py_resp_apply = py.resp_apply
 
+    local function push(kind, name, value)
+        local n = head_ops.n
+        head_ops[n + 1], head_ops[n + 2], head_ops[n + 3] = kind, name, value
+        head_ops.n = n + 3
+    end
+
+    local FNAMES = { "ando.response.set_header", "ando.response.add_header" }
+
+    -- A value that is not a string or a number (the Python side's header_values, here so the
+    -- queue holds only those): nil removes (set_header) or is an error (add_header), a boolean
+    -- is its tostring, a table one header per element (as ngx.header). `level`: the caller's.
+    local function queue_other(kind, name, value, level)
+        local t = type(value)
+        if value == nil then
+            if kind == 2 then
+                error(FNAMES[kind] .. ": the value must not be nil", level)
+            end
+            push(3, name, nil)
+        elseif t == "boolean" then
+            push(kind, name, tostring(value))
+        elseif t == "table" then
+            local n = #value
+            for i = 1, n do
+                local v, vt = value[i], type(value[i])
+                if vt ~= "string" and vt ~= "number" and vt ~= "boolean" then
+                    error(FNAMES[kind] .. ": a table value must be an array of strings or "
+                        .. "numbers", level)
+                elseif vt == "string" and find(v, "[\r\n%z]") then
+                    error("header value with CR, LF or NUL: " .. v:sub(1, 40), level)
+                end
+            end
+            -- all checked first: a refused table changes nothing
+            if kind == 1 then
+                push(3, name, nil)
+            end
+            for i = 1, n do
+                local v = value[i]
+                push(2, name, type(v) == "boolean" and tostring(v) or v)
+            end
+        else
+            error(FNAMES[kind] .. ": the value must be a string, number, boolean or array of "
+                .. "them, got a " .. t, level)
+        end
+    end
+
     local function queue(kind, name, value)
+        local t = type(value)
         if kind == 3 then
             value = nil
-        elseif type(value) == "string" and find(value, "[\r\n%z]") then
-            error("header value with CR, LF or NUL: " .. value:sub(1, 40), 3)
+        elseif t == "string" then
+            if find(value, "[\r\n%z]") then
+                error("header value with CR, LF or NUL: " .. value:sub(1, 40), 3)
+            end
+        elseif t ~= "number" then
+            queue_other(kind, name, value, 4)  -- not a tail call: the caller is level 4
+            return
         end
-        local n = head_ops.n
+        local n = head_ops.n  -- push(), inlined: hello_world's set_header goes this way
         head_ops[n + 1], head_ops[n + 2], head_ops[n + 3] = kind, name, value
         head_ops.n = n + 3
     end

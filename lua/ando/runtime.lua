@@ -105,7 +105,10 @@ local function copy(t, without)
     return out
 end
 
--- Strings' shared metatable cannot be read or replaced from plugin code.
+-- Method calls on strings reach string's functions without dump, as the sandbox's `string`
+-- has them: ("").dump is nil as string.dump is. Strings' shared metatable cannot be read or
+-- replaced from plugin code.
+getmetatable("").__index = copy(string, { dump = true })
 getmetatable("").__metatable = false
 
 local function text_loader(env)
