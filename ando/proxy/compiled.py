@@ -26,6 +26,7 @@ from ando.plugins.base import Plugin
 from ando.plugins.chain import ChainBuilder, PluginChain
 from ando.plugins.registry import builtin_plugins
 from ando.plugins.shared import SharedDict
+from ando.plugins.vartemplate import VarTemplate
 from ando.proxy.balancer import Balancer, Node, make_balancer
 from ando.proxy.health import HealthChecker
 from ando.proxy.variables import Vars
@@ -113,15 +114,15 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
         name = "cookie_" + key
     elif on == "consumer":
         name = "consumer_name"
-    else:  # vars_combinations: "$remote_addr$http_x"
-        import re
-
-        parts = re.findall(r"\$([A-Za-z0-9_]+)|([^$]+)", key)
+    else:  # vars_combinations: "$remote_addr-${http_x}", core.utils.resolve_var's templates
+        template = VarTemplate(key)
 
         def combined(v: object) -> str | None:
+            # chash.lua: a key in which no variable resolved is no key at all (n_resolved == 0),
+            # whatever literal text it has: the client address is hashed instead.
             assert isinstance(v, Vars)
-            out = "".join((v.get(n) or "") if n else lit for n, lit in parts)
-            return out or v.client_addr
+            out, resolved = template.resolve(v.get)
+            return out if resolved else v.client_addr
 
         return combined
 

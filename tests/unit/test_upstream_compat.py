@@ -1,0 +1,56 @@
+"""Upstream configuration and balancing as APISIX 3.x has them, without sockets.
+
+Each test pins one behaviour an APISIX user brings over with an upstream, read from APISIX's
+source: the chash key of `hash_on: vars_combinations` (apisix/balancer/chash.lua with
+core.utils.resolve_var), `pass_host: node` on an upstream of several nodes (apisix/upstream.lua,
+apisix/balancer.lua), and health-check counters a threshold of 0 turns off
+(lua-resty-healthcheck's incr_counter).
+"""
+
+from __future__ import annotations
+
+from ando.config.snapshot import upstream_from_conf
+from ando.proxy.compiled import _hash_key
+from ando.proxy.variables import Vars
+
+# --- chash: hash_on vars_combinations ------------------------------------------------------------
+
+
+def request(headers: dict[str, str] | None = None, query: str = "") -> Vars:
+    v = Vars()
+    v.headers = [(k.encode(), val.encode()) for k, val in (headers or {}).items()]
+    v.query = query.encode()
+    v.client_addr = "192.0.2.7"
+    return v
+
+
+def combined_key(key: str):
+    up = upstream_from_conf(
+        {"type": "chash", "hash_on": "vars_combinations", "key": key, "nodes": {"a:80": 1}}, "u"
+    )
+    return _hash_key(up)
+
+
+def test_vars_combinations_with_no_variable_resolved_hashes_the_client_address() -> None:
+    # chash.lua: n_resolved == 0 -> no key -> remote_addr, whatever literal text the key has.
+    key = combined_key("user-$http_x_user")
+    assert key(request()) == "192.0.2.7"
+    assert key(request({"X-User": "alice"})) == "user-alice"
+
+
+def test_vars_combinations_one_resolved_variable_is_enough() -> None:
+    key = combined_key("$http_x_user:$arg_region")
+    assert key(request({"X-User": "alice"})) == "alice:"
+    assert key(request(query="region=eu")) == ":eu"
+
+
+def test_vars_combinations_braced_names_and_defaults() -> None:
+    # resolve_var's `${name}` and `${name ?? default}` (a default counts as resolved).
+    assert combined_key("${http_x_user}")(request({"X-User": "bob"})) == "bob"
+    assert combined_key("${http_x_user}-${arg_v}")(request(query="v=2")) == "-2"
+    assert combined_key("${http_x_user ?? anon}")(request()) == "anon"
+
+
+def test_vars_combinations_escaped_dollar_is_text() -> None:
+    # `\$name` is not a reference: nothing resolves, so the client address is hashed.
+    assert combined_key(r"\$http_x_user")(request({"X-User": "bob"})) == "192.0.2.7"
