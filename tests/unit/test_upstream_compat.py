@@ -9,8 +9,12 @@ apisix/balancer.lua), and health-check counters a threshold of 0 turns off
 
 from __future__ import annotations
 
+import pytest
+
+from ando.config.diagnostics import ConfigError
 from ando.config.snapshot import upstream_from_conf
-from ando.proxy.compiled import _hash_key
+from ando.config.source import snapshot_from_text
+from ando.proxy.compiled import UpstreamRuntime, _hash_key
 from ando.proxy.variables import Vars
 
 # --- chash: hash_on vars_combinations ------------------------------------------------------------
@@ -54,3 +58,42 @@ def test_vars_combinations_braced_names_and_defaults() -> None:
 def test_vars_combinations_escaped_dollar_is_text() -> None:
     # `\$name` is not a reference: nothing resolves, so the client address is hashed.
     assert combined_key(r"\$http_x_user")(request({"X-User": "bob"})) == "192.0.2.7"
+
+
+# --- pass_host: node with several nodes -----------------------------------------------------------
+
+
+PASS_NODE = """
+routes:
+  - id: r
+    uri: /*
+    upstream:
+      pass_host: node
+      nodes:
+        "127.0.0.1:8081": 1
+        "localhost:80": 1
+        "example.com:8443": 1
+"""
+
+
+def test_pass_host_node_accepts_several_nodes() -> None:
+    # apisix/upstream.lua refuses several nodes only where balancer.recreate_request is missing
+    # (a stock OpenResty); APISIX 3.x runs on APISIX-Runtime, which has it, and balancer.lua
+    # then sets each retried node's own Host.
+    snap = snapshot_from_text(PASS_NODE, "t.yaml", environ={})
+    up = snap.routes[0].upstream
+    assert up is not None and up.pass_host == "node" and len(up.nodes) == 3
+    rt = UpstreamRuntime(up)
+    hosts = {n.addr: rt.node_hosts[n] for n in rt.nodes}
+    # balancer.lua's parse_server_for_upstream_host: the port only when not the scheme's own
+    assert hosts == {
+        "127.0.0.1:8081": b"127.0.0.1:8081",
+        "localhost:80": b"localhost",
+        "example.com:8443": b"example.com:8443",
+    }
+
+
+def test_pass_host_rewrite_still_needs_upstream_host() -> None:
+    text = PASS_NODE.replace("pass_host: node", "pass_host: rewrite")
+    with pytest.raises(ConfigError):
+        snapshot_from_text(text, "t.yaml", environ={})

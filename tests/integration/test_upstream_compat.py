@@ -1,0 +1,37 @@
+"""Upstream behaviour as APISIX 3.x has it, through a running gateway (one worker).
+
+Each test is an upstream an APISIX user can bring over, and what its nodes then see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.client import request
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import UpstreamServer, closed_port, echoed_headers
+
+FAST = {"connect": 1, "send": 1, "read": 1}
+
+
+def route(upstream: dict[str, Any]) -> dict[str, Any]:
+    return {"routes": [{"id": "r", "uri": "/*", "upstream": upstream}]}
+
+
+def test_pass_host_node_on_several_nodes_sends_each_node_its_own_host(tmp_path):
+    # apisix/balancer.lua: with pass_host node, a retried node with another address gets its
+    # own Host (host:port unless the port is the scheme's), the request recreated for it.
+    dead = closed_port()
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        nodes = [
+            {"host": "127.0.0.1", "port": dead, "weight": 1, "priority": 2},
+            {"host": "127.0.0.1", "port": a.port, "weight": 1, "priority": 1},
+            {"host": "127.0.0.1", "port": b.port, "weight": 1, "priority": 0},
+        ]
+        cfg = route({"pass_host": "node", "nodes": nodes, "timeout": FAST})
+        with GatewayProcess(cfg, tmp_path) as gw:
+            r = request(gw.port, "GET", "/x", headers={"Host": "client.example"})
+    assert r.status == 200, (r.status, r.body)
+    assert r.json()["server"] == "a"  # the dead node was tried, then the next priority
+    assert echoed_headers(r)["host"] == [f"127.0.0.1:{a.port}"]
+    assert b.requests == []
