@@ -168,19 +168,23 @@ class HealthChecker:
         state = self._state.get(node)
         if state is None or outcome == NEUTRAL:
             return
+        # A threshold of 0 makes that report a no-op: it neither counts nor resets the other
+        # counts (lua-resty-healthcheck's incr_counter returns first thing when limit == 0).
         if outcome == SUCCESS:
+            if not rules.successes:
+                return
             for kind in state.failures:
                 state.failures[kind] = 0
             if state.healthy:
                 return
             state.successes += 1
-            if rules.successes and state.successes >= rules.successes:
+            if state.successes >= rules.successes:
                 self._set(node, state, True, check, "successes", state.successes)
             return
-        state.successes = 0
         limit = rules.limits[outcome]
         if not limit:
             return
+        state.successes = 0
         state.failures[outcome] += 1
         if state.healthy and state.failures[outcome] >= limit:
             self._set(node, state, False, check, outcome, state.failures[outcome])

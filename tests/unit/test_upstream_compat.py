@@ -14,7 +14,9 @@ import pytest
 from ando.config.diagnostics import ConfigError
 from ando.config.snapshot import upstream_from_conf
 from ando.config.source import snapshot_from_text
+from ando.proxy.balancer import Node
 from ando.proxy.compiled import UpstreamRuntime, _hash_key
+from ando.proxy.health import HTTP_FAILURE, SUCCESS, TCP_FAILURE, HealthChecker
 from ando.proxy.variables import Vars
 
 # --- chash: hash_on vars_combinations ------------------------------------------------------------
@@ -97,3 +99,56 @@ def test_pass_host_rewrite_still_needs_upstream_host() -> None:
     text = PASS_NODE.replace("pass_host: node", "pass_host: rewrite")
     with pytest.raises(ConfigError):
         snapshot_from_text(text, "t.yaml", environ={})
+
+
+# --- health checks: a threshold of 0 is a no-op report ---------------------------------------------
+
+
+A, B = Node("10.0.0.1", 80, 1, 0), Node("10.0.0.2", 80, 1, 0)
+
+
+def checker(passive: dict) -> HealthChecker:
+    return HealthChecker(
+        "/upstreams/u", {"active": {}, "passive": passive}, (A, B), lambda *a, **k: None
+    )
+
+
+def healthy(hc: HealthChecker, node: Node) -> bool:
+    return {(h, p): s for _, h, p, s in hc.status()}[(node.host, node.port)] == 1
+
+
+def test_passive_successes_0_leaves_the_failure_counts_alone() -> None:
+    # incr_counter returns at once when the limit is 0: a success with healthy.successes 0
+    # does not reset the failures, so failures between successes still add up.
+    hc = checker({"healthy": {"successes": 0}, "unhealthy": {"tcp_failures": 3}})
+    for _ in range(3):
+        hc.passive(B, TCP_FAILURE)
+        hc.passive_status(B, 200)
+    assert not healthy(hc, B)
+    assert healthy(hc, A)
+
+
+def test_passive_failure_kind_0_leaves_the_success_count_alone() -> None:
+    # A node down (actively), coming back on passive successes: a 500 while http_failures is 0
+    # is no report at all, so it does not restart the count of successes.
+    hc = checker({"healthy": {"successes": 2}, "unhealthy": {"http_failures": 0}})
+    active = hc._active_rules
+    for _ in range(2):
+        hc._count(B, TCP_FAILURE, active, "active")
+    assert not healthy(hc, B)
+    hc.passive_status(B, 200)
+    hc.passive_status(B, 500)
+    hc.passive(B, HTTP_FAILURE)
+    hc.passive_status(B, 200)
+    assert healthy(hc, B)
+
+
+def test_a_counted_success_still_resets_failures() -> None:
+    # The ordinary case is unchanged: failures must come in a row.
+    hc = checker({"unhealthy": {"tcp_failures": 2}})
+    hc.passive(B, TCP_FAILURE)
+    hc.passive(B, SUCCESS)
+    hc.passive(B, TCP_FAILURE)
+    assert healthy(hc, B)
+    hc.passive(B, TCP_FAILURE)
+    assert not healthy(hc, B)
