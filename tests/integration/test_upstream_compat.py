@@ -35,3 +35,24 @@ def test_pass_host_node_on_several_nodes_sends_each_node_its_own_host(tmp_path):
     assert r.json()["server"] == "a"  # the dead node was tried, then the next priority
     assert echoed_headers(r)["host"] == [f"127.0.0.1:{a.port}"]
     assert b.requests == []
+
+
+def test_retries_on_a_one_node_upstream_try_that_node_again(tmp_path):
+    # apisix/balancer.lua: pick_server returns the only node on every try, and retries (set
+    # explicitly: the default for one node is 0) are tries of that node.
+    with UpstreamServer("a") as a:
+        cfg = route({"nodes": {a.addr: 1}, "retries": 2, "timeout": FAST})
+        with GatewayProcess(cfg, tmp_path) as gw:
+            r = request(gw.port, "GET", "/reset")
+    assert r.status == 502, (r.status, r.body)
+    assert [x["path"] for x in a.requests] == ["/reset"] * 3
+
+
+def test_a_one_node_upstream_without_retries_tries_once(tmp_path):
+    with (
+        UpstreamServer("a") as a,
+        GatewayProcess(route({"nodes": {a.addr: 1}, "timeout": FAST}), tmp_path) as gw,
+    ):
+        r = request(gw.port, "GET", "/reset")
+    assert r.status == 502, (r.status, r.body)
+    assert [x["path"] for x in a.requests] == ["/reset"]

@@ -152,3 +152,27 @@ def test_a_counted_success_still_resets_failures() -> None:
     assert healthy(hc, B)
     hc.passive(B, TCP_FAILURE)
     assert not healthy(hc, B)
+
+
+# --- retries on an upstream of one node -----------------------------------------------------------
+
+
+def one_node_upstream(nodes: dict[str, int], **extra) -> UpstreamRuntime:
+    return UpstreamRuntime(upstream_from_conf({"nodes": nodes, **extra}, "u"))
+
+
+def test_one_node_upstream_retries_that_node() -> None:
+    # apisix/balancer.lua pick_server: with one node, every try (retries included) is that node.
+    rt = one_node_upstream({"10.0.0.1:80": 1}, retries=2)
+    (node,) = rt.nodes
+    assert rt.max_attempts == 3
+    assert rt.balancer.pick(None) is node
+    assert rt.balancer.pick(None, frozenset({node})) is node
+
+
+def test_a_weight_0_node_makes_it_two_nodes() -> None:
+    # nodes_count counts every configured node: with a second (weight 0) one, the picker runs
+    # and a retry must find an untried node, which there is none of.
+    rt = one_node_upstream({"10.0.0.1:80": 1, "10.0.0.2:80": 0}, retries=2)
+    node = next(n for n in rt.nodes if n.weight)
+    assert rt.balancer.pick(None, frozenset({node})) is None
