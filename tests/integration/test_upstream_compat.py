@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.support.client import request
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, wait_for
 from tests.support.upstream import UpstreamServer, closed_port, echoed_headers
 
 FAST = {"connect": 1, "send": 1, "read": 1}
@@ -56,3 +56,25 @@ def test_a_one_node_upstream_without_retries_tries_once(tmp_path):
         r = request(gw.port, "GET", "/reset")
     assert r.status == 502, (r.status, r.body)
     assert [x["path"] for x in a.requests] == ["/reset"]
+
+
+def test_active_probe_sends_upstream_host_with_pass_host_rewrite(tmp_path):
+    # apisix/upstream.lua create_checker: with pass_host rewrite the probe's Host is the
+    # upstream_host the real requests carry, so a name-based backend answers the probe too.
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        up = {
+            "id": "u",
+            "pass_host": "rewrite",
+            "upstream_host": "api.example",
+            "nodes": {a.addr: 1, b.addr: 1},
+            "checks": {"active": {"http_path": "/probe", "host": "probe.example"}},
+        }
+        cfg = {"upstreams": [up], "routes": [{"id": "r", "uri": "/*", "upstream_id": "u"}]}
+
+        def probes() -> list[dict[str, Any]]:
+            return [x for x in [*a.requests, *b.requests] if x["path"] == "/probe"]
+
+        with GatewayProcess(cfg, tmp_path):
+            wait_for(lambda: len(probes()) >= 2, "the first probes")
+    hosts = {v for x in probes() for k, v in x["headers"] if k.lower() == "host"}
+    assert hosts == {"api.example"}

@@ -176,3 +176,41 @@ def test_a_weight_0_node_makes_it_two_nodes() -> None:
     rt = one_node_upstream({"10.0.0.1:80": 1, "10.0.0.2:80": 0}, retries=2)
     node = next(n for n in rt.nodes if n.weight)
     assert rt.balancer.pick(None, frozenset({node})) is None
+
+
+# --- active checks: the Host header of a probe ----------------------------------------------------
+
+
+def probe_host(node: Node, active: dict | None = None, **upstream) -> str:
+    hc = HealthChecker("/upstreams/u", {"active": active or {}}, (node,), lambda *a, **k: None,
+                       **upstream)  # fmt: skip
+    head = hc._request(node).decode("latin-1").split("\r\n")
+    (host,) = [line[6:] for line in head if line.lower().startswith("host: ")]
+    return host
+
+
+IP_NODE = Node("10.0.0.1", 8080, 1, 0)
+NAMED_NODE = Node("backend.internal", 8080, 1, 0)
+
+
+def test_probe_host_is_upstream_host_with_pass_host_rewrite() -> None:
+    # apisix/upstream.lua create_checker: upstream_host is the target's host header, which
+    # lua-resty-healthcheck prefers to checks.active.host.
+    for node in (IP_NODE, NAMED_NODE):
+        got = probe_host(node, {"host": "probe.example"}, pass_host="rewrite",
+                         upstream_host="api.example")  # fmt: skip
+        assert got == "api.example"
+
+
+def test_probe_host_with_pass_host_node_is_a_named_node_s_name() -> None:
+    assert probe_host(NAMED_NODE, {"host": "probe.example"}, pass_host="node") == (
+        "backend.internal"
+    )
+    # an IP node has no domain: checks.active.host, else the address
+    assert probe_host(IP_NODE, {"host": "probe.example"}, pass_host="node") == "probe.example"
+    assert probe_host(IP_NODE, pass_host="node") == "10.0.0.1"
+
+
+def test_probe_host_with_pass_host_pass_is_checks_active_host() -> None:
+    assert probe_host(NAMED_NODE, {"host": "probe.example"}) == "probe.example"
+    assert probe_host(NAMED_NODE, upstream_host="api.example") == "backend.internal"
