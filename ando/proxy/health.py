@@ -149,11 +149,15 @@ class HealthChecker:
     ) -> Callable[[Node], bytes]:
         path = str(active["http_path"])
         extra = "".join(f"{h}\r\n" for h in active["req_headers"])
+        # Ando's own User-Agent, unless req_headers has one: a probe never sends two.
+        if not any(
+            h.split(":", 1)[0].strip().lower() == "user-agent" for h in active["req_headers"]
+        ):
+            extra = "User-Agent: ando-health-check\r\n" + extra
 
         def build(node: Node) -> bytes:
             return (
-                f"GET {path} HTTP/1.0\r\nHost: {hosts.get(node) or node.host}\r\n"
-                f"User-Agent: ando-health-check\r\n{extra}\r\n"
+                f"GET {path} HTTP/1.0\r\nHost: {hosts.get(node) or node.host}\r\n{extra}\r\n"
             ).encode("latin-1")
 
         return build

@@ -214,3 +214,16 @@ def test_probe_host_with_pass_host_node_is_a_named_node_s_name() -> None:
 def test_probe_host_with_pass_host_pass_is_checks_active_host() -> None:
     assert probe_host(NAMED_NODE, {"host": "probe.example"}) == "probe.example"
     assert probe_host(NAMED_NODE, upstream_host="api.example") == "backend.internal"
+
+
+def probe_head(active: dict) -> list[str]:
+    hc = HealthChecker("/upstreams/u", {"active": active}, (IP_NODE,), lambda *a, **k: None)
+    return hc._request(IP_NODE).decode("latin-1").split("\r\n")
+
+
+def test_probe_req_headers_user_agent_is_the_only_one() -> None:
+    # lua-resty-healthcheck sends req_headers as given and no User-Agent of its own.
+    head = probe_head({"req_headers": ["user-agent: probe/1", "X-Probe: 1"]})
+    assert [h for h in head if h.lower().startswith("user-agent:")] == ["user-agent: probe/1"]
+    assert "X-Probe: 1" in head
+    assert sum(h.lower().startswith("user-agent:") for h in probe_head({})) == 1
