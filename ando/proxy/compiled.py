@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any
 
@@ -26,7 +27,8 @@ from ando.plugins.base import Plugin
 from ando.plugins.chain import ChainBuilder, PluginChain
 from ando.plugins.registry import builtin_plugins
 from ando.plugins.shared import SharedDict
-from ando.proxy.balancer import Balancer, Node, make_balancer
+from ando.plugins.vartemplate import VarTemplate
+from ando.proxy.balancer import NOTHING_TRIED, Balancer, Node, make_balancer
 from ando.proxy.health import HealthChecker
 from ando.proxy.variables import Vars
 from ando.router.expr import compile_expr
@@ -70,6 +72,10 @@ class UpstreamRuntime:
         # open), so the proxy takes it without asking; a retry finds it tried, as pick would.
         distinct = set(usable)
         self.only_node: Node | None = usable[0] if len(distinct) == 1 else None
+        if len(self.nodes) == 1 and self.only_node is not None:
+            # APISIX's pick_server (apisix/balancer.lua) answers an upstream of exactly one node
+            # with that node on every try, without a picker: explicit `retries` retry it.
+            self.balancer = _OneNode(self.balancer, self.only_node)
         retries = record.retries if record.retries is not None else max(len(usable) - 1, 0)
         self.max_attempts = 1 + retries
         self.retry_timeout = record.retry_timeout
@@ -101,6 +107,34 @@ class UpstreamRuntime:
         self.only_pool_key = self.pool_keys[self.only_node] if self.only_node else ""
 
 
+class _OneNode:
+    """The balancer of a one-node upstream: that node on every pick, tried or not (APISIX's
+    pick_server). Health and request counts still reach the node's own balancer."""
+
+    __slots__ = ("_inner", "_node", "nodes", "tracks")
+
+    def __init__(self, inner: Balancer, node: Node) -> None:
+        self._inner = inner
+        self._node = node
+        self.nodes = inner.nodes
+        self.tracks = inner.tracks
+
+    def pick(self, request: object, tried: AbstractSet[Node] = NOTHING_TRIED) -> Node | None:
+        return self._node
+
+    def on_start(self, node: Node) -> None:
+        self._inner.on_start(node)
+
+    def on_finish(self, node: Node, seconds: float, failed: bool) -> None:
+        self._inner.on_finish(node, seconds, failed)
+
+    def mark_down(self, node: Node) -> None:
+        self._inner.mark_down(node)
+
+    def mark_up(self, node: Node) -> None:
+        self._inner.mark_up(node)
+
+
 def _hash_key(record: Upstream) -> Callable[[object], str | None]:
     """chash key per APISIX's hash_on; a missing value falls back to the client address."""
     key = record.key or ""
@@ -113,15 +147,15 @@ def _hash_key(record: Upstream) -> Callable[[object], str | None]:
         name = "cookie_" + key
     elif on == "consumer":
         name = "consumer_name"
-    else:  # vars_combinations: "$remote_addr$http_x"
-        import re
-
-        parts = re.findall(r"\$([A-Za-z0-9_]+)|([^$]+)", key)
+    else:  # vars_combinations: "$remote_addr-${http_x}", core.utils.resolve_var's templates
+        template = VarTemplate(key)
 
         def combined(v: object) -> str | None:
+            # chash.lua: a key in which no variable resolved is no key at all (n_resolved == 0),
+            # whatever literal text it has: the client address is hashed instead.
             assert isinstance(v, Vars)
-            out = "".join((v.get(n) or "") if n else lit for n, lit in parts)
-            return out or v.client_addr
+            out, resolved = template.resolve(v.get)
+            return out if resolved else v.client_addr
 
         return combined
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -60,6 +61,14 @@ SUCCESS, HTTP_FAILURE, TCP_FAILURE, TIMEOUT = "success", "http_failures", "tcp_f
 NEUTRAL = "neutral"  # a status in neither list: counts for nothing
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 class _Rules:
     """One side's (active or passive) thresholds."""
 
@@ -91,6 +100,9 @@ class HealthChecker:
         checks: Mapping[str, Any],
         nodes: Iterable[Node],
         log: Callable[..., None],
+        *,
+        pass_host: str = "pass",
+        upstream_host: str | None = None,
     ) -> None:
         self.name = name
         self._log = log
@@ -117,19 +129,35 @@ class HealthChecker:
             if not active["https_verify_certificate"]:
                 self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE
-        self._request = self._probe_request(active)
+        # The probe's Host (and TLS SNI) per node, as APISIX adds its checker targets
+        # (apisix/upstream.lua, create_checker): pass_host rewrite's upstream_host, else with
+        # pass_host node a node named by domain, else `checks.active.host`, else the node's host.
+        rewrite = upstream_host if pass_host == "rewrite" and upstream_host else None
+        self._probe_host = {
+            n: rewrite
+            or (n.host if pass_host == "node" and not _is_ip(n.host) else None)
+            or active.get("host")
+            or n.host
+            for n in self.nodes
+        }
+        self._request = self._probe_request(active, self._probe_host)
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
-    def _probe_request(active: Mapping[str, Any]) -> Callable[[Node], bytes]:
+    def _probe_request(
+        active: Mapping[str, Any], hosts: Mapping[Node, str]
+    ) -> Callable[[Node], bytes]:
         path = str(active["http_path"])
         extra = "".join(f"{h}\r\n" for h in active["req_headers"])
-        host = active.get("host")
+        # Ando's own User-Agent, unless req_headers has one: a probe never sends two.
+        if not any(
+            h.split(":", 1)[0].strip().lower() == "user-agent" for h in active["req_headers"]
+        ):
+            extra = "User-Agent: ando-health-check\r\n" + extra
 
         def build(node: Node) -> bytes:
             return (
-                f"GET {path} HTTP/1.0\r\nHost: {host or node.host}\r\n"
-                f"User-Agent: ando-health-check\r\n{extra}\r\n"
+                f"GET {path} HTTP/1.0\r\nHost: {hosts.get(node) or node.host}\r\n{extra}\r\n"
             ).encode("latin-1")
 
         return build
@@ -168,19 +196,23 @@ class HealthChecker:
         state = self._state.get(node)
         if state is None or outcome == NEUTRAL:
             return
+        # A threshold of 0 makes that report a no-op: it neither counts nor resets the other
+        # counts (lua-resty-healthcheck's incr_counter returns first thing when limit == 0).
         if outcome == SUCCESS:
+            if not rules.successes:
+                return
             for kind in state.failures:
                 state.failures[kind] = 0
             if state.healthy:
                 return
             state.successes += 1
-            if rules.successes and state.successes >= rules.successes:
+            if state.successes >= rules.successes:
                 self._set(node, state, True, check, "successes", state.successes)
             return
-        state.successes = 0
         limit = rules.limits[outcome]
         if not limit:
             return
+        state.successes = 0
         state.failures[outcome] += 1
         if state.healthy and state.failures[outcome] >= limit:
             self._set(node, state, False, check, outcome, state.failures[outcome])
@@ -251,7 +283,7 @@ class HealthChecker:
                         node.host,
                         port,
                         ssl=self._tls,
-                        server_hostname=(active.get("host") or node.host) if self._tls else None,
+                        server_hostname=self._probe_host.get(node) if self._tls else None,
                     )
                 except (OSError, ssl.SSLError):
                     return TCP_FAILURE
@@ -294,10 +326,19 @@ class HealthRegistry:
                 name,
                 orjson.dumps(thaw(record.checks), option=orjson.OPT_SORT_KEYS),
                 upstream.nodes,
+                record.pass_host,
+                record.upstream_host,
             )
             checker = keep.get(key) or self._checkers.get(key)
             if checker is None:
-                checker = HealthChecker(name, record.checks, upstream.nodes, self._log)
+                checker = HealthChecker(
+                    name,
+                    record.checks,
+                    upstream.nodes,
+                    self._log,
+                    pass_host=record.pass_host,
+                    upstream_host=record.upstream_host,
+                )
             elif key not in keep:
                 checker.detach_all()
             checker.attach(upstream.balancer)

@@ -266,6 +266,8 @@ VALID = {
         {"type": "chash", "key": "arg_user", "hash_on": "vars", "nodes": {"a:1": 1}},
         {"type": "chash", "hash_on": "consumer", "nodes": {"127.0.0.1:80": 1}},
         {"type": "least_conn", "pass_host": "node", "nodes": [{"host": "a", "weight": 1}]},
+        # APISIX 3.x (on APISIX-Runtime) sets each node's own Host, retries included
+        {"pass_host": "node", "nodes": {"a:1": 1, "b:1": 1}},
         {"type": "ewma", "nodes": {}, "scheme": "grpc", "tls": {"client_cert_id": 3}},
     ],
     "resources/service.json": [
@@ -403,8 +405,6 @@ INVALID = {
     "chash on header with bad name": ("upstream", {"type": "chash", "hash_on": "header",
                                                    "key": "x y", "nodes": {"a:1": 1}}),
     "rewrite without upstream_host": ("upstream", {"pass_host": "rewrite", "nodes": {"a:1": 1}}),
-    "pass_host node with two nodes": ("upstream", {"pass_host": "node",
-                                                   "nodes": {"a:1": 1, "b:1": 1}}),
     "node weight -1 (map)": ("upstream", {"nodes": {"127.0.0.1:80": -1}}),
     "node weight -1 (list)": ("upstream", {"nodes": [{"host": "a", "port": 80, "weight": -1}]}),
     "node without weight": ("upstream", {"nodes": [{"host": "a", "port": 80}]}),
