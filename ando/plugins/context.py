@@ -414,6 +414,15 @@ class ResponseHead:
         kept = [h for h in self.headers if h[0].lower() not in _DATE_SERVER]
         self.headers = [*gateway_headers(), *kept]
 
+    def _may_change(self, lower: bytes) -> bool:
+        """For the names the gateway owns (rare, so a call): the framing headers never change
+        (False); Date and Server become the gateway's before a plugin changes them."""
+        if lower in _FRAMING:
+            return False
+        if not self.date_server:
+            self.take_date_server()
+        return True
+
     def get(self, name: str) -> str | None:
         lower = _lower(name)
         if lower in _DATE_SERVER and not self.date_server:
@@ -423,11 +432,8 @@ class ResponseHead:
     def set(self, name: str, value: str) -> None:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
-        if lower in _SPECIAL:
-            if lower in _FRAMING:
-                return
-            if not self.date_server:
-                self.take_date_server()
+        if lower in _SPECIAL and not self._may_change(lower):
+            return
         headers = self.headers
         if _index(headers, lower) >= 0:  # usually not: no second call to find out
             _drop(headers, lower)
@@ -436,20 +442,14 @@ class ResponseHead:
     def add(self, name: str, value: str) -> None:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
-        if lower in _SPECIAL:
-            if lower in _FRAMING:
-                return
-            if not self.date_server:
-                self.take_date_server()
+        if lower in _SPECIAL and not self._may_change(lower):
+            return
         self.headers.append((key, raw))
 
     def remove(self, name: str) -> None:
         lower = _lower(name)
-        if lower in _SPECIAL:
-            if lower in _FRAMING:
-                return
-            if not self.date_server:
-                self.take_date_server()
+        if lower in _SPECIAL and not self._may_change(lower):
+            return
         _drop(self.headers, lower)
 
     def items(self) -> list[tuple[str, str]]:
