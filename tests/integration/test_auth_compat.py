@@ -22,11 +22,13 @@ def consumer_seen(r) -> list[str]:
     return echoed_headers(r).get("x-consumer-username", [])
 
 
+def route(up: dict[str, Any], rid: str, uri: str, plugins: dict) -> dict:
+    """A route to the module's upstream with these plugins."""
+    return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
+
+
 @pytest.fixture(scope="module")
 def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    def route(rid: str, uri: str, plugins: dict) -> dict:
-        return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
-
     config = {
         "consumers": [
             {
@@ -35,7 +37,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
             },
         ],
         "routes": [
-            route("hmac", "/hmac/*", {"hmac-auth": {}}),
+            route(up, "hmac", "/hmac/*", {"hmac-auth": {}}),
         ],
     }
     with GatewayProcess(config, tmp_path_factory.mktemp("authcompat"), access_log=False) as g:
@@ -77,9 +79,6 @@ def test_hmac_says_why_when_the_authorization_header_is_missing_or_not_a_signatu
 def key_gw(
     up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    def route(rid: str, uri: str, plugins: dict) -> dict:
-        return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
-
     config = {
         "consumers": [
             {
@@ -91,15 +90,19 @@ def key_gw(
             {"username": "anon", "plugins": {}},
         ],
         "routes": [
-            route("key", "/key/*", {"key-auth": {}}),
-            route("key-realm", "/key-realm/*", {"key-auth": {"realm": "shop"}}),
+            route(up, "key", "/key/*", {"key-auth": {}}),
+            route(up, "key-realm", "/key-realm/*", {"key-auth": {"realm": "shop"}}),
             route(
+                up,
                 "key-anon",
                 "/key-anon/*",
                 {"key-auth": {"anonymous_consumer": "anon", "hide_credentials": True}},
             ),
             route(
-                "key-anon-gone", "/key-anon-gone", {"key-auth": {"anonymous_consumer": "nobody"}}
+                up,
+                "key-anon-gone",
+                "/key-anon-gone",
+                {"key-auth": {"anonymous_consumer": "nobody"}},
             ),
             {"id": "open", "uri": "/open/*", "upstream": up},
         ],
@@ -156,9 +159,6 @@ def jwt_token(**claims: Any) -> str:
 def jwt_gw(
     up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    def route(rid: str, uri: str, plugins: dict) -> dict:
-        return {"id": rid, "uri": uri, "upstream": up, "plugins": plugins}
-
     config = {
         "consumers": [
             {
@@ -167,11 +167,14 @@ def jwt_gw(
             },
         ],
         "routes": [
-            route("jwt", "/jwt/*", {"jwt-auth": {}}),
-            route("jwt-realm", "/jwt-realm/*", {"jwt-auth": {"realm": "api"}}),
-            route("jwt-exp", "/jwt-exp/*", {"jwt-auth": {"claims_to_verify": ["exp"]}}),
+            route(up, "jwt", "/jwt/*", {"jwt-auth": {}}),
+            route(up, "jwt-realm", "/jwt-realm/*", {"jwt-auth": {"realm": "api"}}),
+            route(up, "jwt-exp", "/jwt-exp/*", {"jwt-auth": {"claims_to_verify": ["exp"]}}),
             route(
-                "jwt-anon-gone", "/jwt-anon-gone", {"jwt-auth": {"anonymous_consumer": "nobody"}}
+                up,
+                "jwt-anon-gone",
+                "/jwt-anon-gone",
+                {"jwt-auth": {"anonymous_consumer": "nobody"}},
             ),
         ],
     }
