@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ando.lua.runtime import lua_text, text
-from ando.plugins.context import header_bytes
+from ando.plugins.context import PreparedHeader, header_bytes, prepare_header
 
 if TYPE_CHECKING:
     from ando.lua.runtime import LuaState
@@ -74,10 +74,13 @@ def lua_ctx(ctx: Any, new: Callable[[], Any]) -> Any:
 
 def apply_head_ops(head: ResponseHead, ops: Any, start: int = 0) -> None:
     """Apply header changes queued by Lua in header_filter: (kind, name, value) triples from
-    `start`, kind 1 set, 2 add, 3 remove (lua/ando/runtime.lua, bind_head)."""
+    `start`, kind 1 set, 2 add, 3 remove, 4 set a PreparedHeader (lua/ando/runtime.lua,
+    bind_head)."""
     for i in range(start, len(ops), 3):
         kind, name = ops[i], ops[i + 1]
-        if kind == 1:
+        if kind == 4:  # name: a PreparedHeader (pdk.lua's set_header of a string)
+            head.set_prepared(name)
+        elif kind == 1:
             head.set(name, str(ops[i + 2]))
         elif kind == 2:
             head.add(name, str(ops[i + 2]))
@@ -351,6 +354,10 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
     def resp_remove_header(name: str, _unused: Any = None) -> None:
         _head().remove(name)
 
+    def resp_prepare(name: str, value: str) -> PreparedHeader | None:
+        """set_header(name, value)'s checks, done once for a pair pdk.lua keeps (see there)."""
+        return prepare_header(name, value)
+
     def resp_apply(*ops: Any) -> None:
         """header_filter's queued header changes, handed over before a read (pdk.lua)."""
         apply_head_ops(_head(), ops)
@@ -422,6 +429,7 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         "resp_add_header": resp_add_header,
         "resp_remove_header": resp_remove_header,
         "resp_apply": resp_apply,
+        "resp_prepare": resp_prepare,
         "var": var,
         "log": log,
         "json_encode": json_encode,

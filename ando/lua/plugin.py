@@ -176,8 +176,8 @@ def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseH
         if result.__class__ is tuple:  # 0 alone when nothing changed
             kind = result[0]
             if kind == 0:
-                if len(result) == 4 and result[1] == 1:  # one set_header: hello_world's case
-                    head.set(result[2], str(result[3]))
+                if len(result) == 2:  # one prepared set_header: hello_world's case
+                    head.set_prepared(result[1])
                 else:
                     apply_head_ops(head, result, 1)
             elif kind == 2:

@@ -56,9 +56,19 @@ def _index(headers: list[tuple[bytes, bytes]], lower: bytes) -> int:
     return -1
 
 
+def _has(headers: list[tuple[bytes, bytes]], lower: bytes) -> bool:
+    """Whether a header is named `lower` (in any case): _index without counting, for the setters
+    (a set usually names a header the response does not have)."""
+    n = len(lower)
+    for k, _ in headers:  # noqa: SIM110 - any() over a generator measured slower
+        if len(k) == n and k.lower() == lower:
+            return True
+    return False
+
+
 def _drop(headers: list[tuple[bytes, bytes]], lower: bytes) -> None:
     """Remove every `lower`-named header, in place. Usually there is none: one search says so."""
-    if _index(headers, lower) >= 0:
+    if _has(headers, lower):
         n = len(lower)
         headers[:] = [h for h in headers if len(h[0]) != n or h[0].lower() != lower]
 
@@ -111,6 +121,30 @@ def header_bytes(value: str) -> bytes:
     if not value.isprintable() and (b"\r" in raw or b"\n" in raw or b"\0" in raw):
         raise ValueError(f"header value with CR, LF or NUL: {value[:40]!r}")
     return raw
+
+
+class PreparedHeader:
+    """A response header ResponseHead.set() would accept, its checks done once: what a plugin
+    keeps for a header it sets on every response (not a tuple: Lua holds it as one value)."""
+
+    __slots__ = ("line", "lower")
+
+    def __init__(self, lower: bytes, line: tuple[bytes, bytes]) -> None:
+        self.lower = lower
+        self.line = line  # (name, value) as ResponseHead.headers holds it; shared, never changed
+
+
+def prepare_header(name: str, value: str) -> PreparedHeader | None:
+    """ResponseHead.set(name, value) checked once, or None for what set() has to see each time:
+    a name the gateway owns (framing, Date, Server), or a name or value set() refuses."""
+    try:
+        key, lower = _names.get(name) or _name(name)
+        raw = header_bytes(value)
+    except (ValueError, UnicodeEncodeError, AttributeError):
+        return None
+    if lower in _SPECIAL:
+        return None
+    return PreparedHeader(lower, (key, raw))
 
 
 class RequestContext:
@@ -279,8 +313,8 @@ class RequestContext:
         raw = header_bytes(value)
         key, lower = _names.get(name) or _name(name)
         headers = self._req.headers
-        if _index(headers, lower) >= 0:  # usually not: no second call to find out
-            _drop(headers, lower)
+        if _has(headers, lower):  # usually not: no second call to find out
+            headers[:] = [h for h in headers if h[0].lower() != lower]
         headers.append((key, raw))
         if lower in _FORWARDED:
             self._forward(lower, raw)
@@ -435,9 +469,21 @@ class ResponseHead:
         if lower in _SPECIAL and not self._may_change(lower):
             return
         headers = self.headers
-        if _index(headers, lower) >= 0:  # usually not: no second call to find out
-            _drop(headers, lower)
+        if _has(headers, lower):  # usually not: no second call to find out
+            headers[:] = [h for h in headers if h[0].lower() != lower]
         headers.append((key, raw))
+
+    def set_prepared(self, header: PreparedHeader) -> None:
+        """set() of a header prepare_header() checked once: for the plugins that set the same
+        header on every response (hello_world's Lua set_header, through lua/ando/pdk.lua)."""
+        lower = header.lower
+        headers = self.headers
+        n = len(lower)
+        for k, _ in headers:
+            if len(k) == n and k.lower() == lower:
+                headers[:] = [h for h in headers if h[0].lower() != lower]
+                break
+        headers.append(header.line)
 
     def add(self, name: str, value: str) -> None:
         raw = header_bytes(value)

@@ -120,8 +120,46 @@ return function(py, EXIT, core)
         end
     end
 
+    -- set_header(name, value) with a string name and value, checked once by Python and kept
+    -- here as the header ready to send (ando.plugins.context.PreparedHeader; false where every
+    -- call must go through the checks): hello_world sets the same header on every response.
+    -- Queued as kind 4. Emptied when full, so values that change per request cannot grow it.
+    local py_prepare = py.resp_prepare
+    local prepared, n_prepared = {}, 0
+
+    local function prepare(name, value)
+        local p = py_prepare(name, value) or false
+        if n_prepared >= 1024 then
+            prepared, n_prepared = {}, 0
+        end
+        local by_name = prepared[name]
+        if by_name == nil then
+            by_name = {}
+            prepared[name] = by_name
+        end
+        by_name[value] = p
+        n_prepared = n_prepared + 1
+        return p
+    end
+
     local function queue(kind, name, value)
         local t = type(value)
+        if kind == 1 and t == "string" and type(name) == "string" then
+            local by_name = prepared[name]
+            local p = by_name and by_name[value]
+            if p == nil then
+                if find(value, "[\r\n%z]") then
+                    error("header value with CR, LF or NUL: " .. value:sub(1, 40), 3)
+                end
+                p = prepare(name, value)
+            end
+            if p then
+                local n = head_ops.n
+                head_ops[n + 1], head_ops[n + 2], head_ops[n + 3] = 4, p, false
+                head_ops.n = n + 3
+                return
+            end
+        end
         if kind == 3 then
             value = nil
         elseif t == "string" then

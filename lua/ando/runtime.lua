@@ -368,7 +368,7 @@ function M.bind_direct(pdk, fn, conf, budget)
 end
 
 -- header_filter's changes to the response headers: pdk.lua queues them here (kind, name, value,
--- ...; kind 1 set, 2 add, 3 remove) while `M.batching` is on, and they leave Lua with the call's
+-- ...; kind 1 set, 2 add, 3 remove, 4 set a prepared header: the header, false) while `M.batching` is on, and they leave Lua with the call's
 -- results. A Lua -> Python call costs about as much as the whole header change on the Python
 -- side; hello_world's one set_header is one crossing fewer this way. A PDK read of the response
 -- headers hands the queue over first (pdk.lua), so the plugin always reads what it wrote.
@@ -396,6 +396,8 @@ function M.bind_head(pdk, fn, conf, budget)
         end
         if n == 0 then
             return 0
+        elseif n == 3 and head_ops[1] == 4 then  -- one prepared set: hello_world's
+            return 0, head_ops[2]
         end
         return 0, unpack(head_ops, 1, n)
     end

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import signal
 import time
@@ -242,6 +243,12 @@ return {
             r.set_header("Content-Length", "5")
             return
         end
+        if mode == "echo" then  -- a value per request, and a header the upstream sent
+            r.set_header("X-Echo", ando.request.get_arg("v"))
+            r.set_header("content-type", "text/x-probe")
+            r.set_header("X-Echo-Seen", r.get_header("x-echo") or "none")
+            return
+        end
         if mode == "exit" then  -- exit() does nothing in header_filter; what was set stands
             r.set_header("X-Before-Exit", "1")
             r.exit(403, "no")
@@ -445,6 +452,26 @@ def test_header_filter_changes_apply_in_order_and_reads_see_them(gw: GatewayProc
     assert r.header("X-Number") == "42"
     assert [v for k, v in r.headers if k.lower() == "x-late"] == ["again"]
     assert r.json()["path"] == "/head-probe"  # the body is the upstream's, untouched
+
+
+def test_header_filter_set_header_with_a_value_per_request(gw: GatewayProcess) -> None:
+    """pdk.lua keeps the headers a plugin sets, checked once, up to 1,024 (name, value) pairs,
+    then starts again: 1,100 different values on one connection (one worker) each reach their
+    own response, and a set of a header the upstream sent replaces it in any spelling."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        for i in range(1100):
+            conn.request("GET", f"/head-probe?mode=echo&v=value-{i}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+            assert resp.getheader("X-Echo") == f"value-{i}"
+            assert resp.getheader("X-Echo-Seen") == f"value-{i}"
+            assert [v for k, v in resp.getheaders() if k.lower() == "content-type"] == [
+                "text/x-probe"
+            ]
+    finally:
+        conn.close()
 
 
 def test_exit_in_header_filter_changes_nothing_but_what_was_set_stands(gw: GatewayProcess) -> None:
