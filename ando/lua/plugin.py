@@ -67,6 +67,9 @@ class LuaPlugin(Plugin):
             for phase, fn in self.lua_functions.items()
         }
         self._header_fn = self._bound.get("header_filter")
+        # instance attributes: read on every call, where a class attribute costs a slower lookup
+        self._new_ctx = st.new_ctx
+        self._name = self.name
         self._log = build.log
         CURRENT.shared = build.shared  # ando.shared: the worker's node-wide dict
 
@@ -75,9 +78,9 @@ class LuaPlugin(Plugin):
     ) -> Any:
         lctx = ctx.lua_ctx
         if lctx is None:
-            lctx = ctx.lua_ctx = self.lua_state.new_ctx()
+            lctx = ctx.lua_ctx = self._new_ctx()
         cur = CURRENT  # CURRENT.enter / leave, inlined: this is every Lua call's path
-        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self.name, wait
+        cur.ctx, cur.head, cur.log, cur.plugin, cur.wait = ctx, head, self._log, self._name, wait
         try:
             result = self._bound[phase](lctx)
         finally:
@@ -166,9 +169,9 @@ def _header_filter(phase: str) -> Callable[[LuaPlugin, RequestContext, ResponseH
         # _invoke, inlined for the phase every response of the route goes through (hello_world's)
         lctx = ctx.lua_ctx
         if lctx is None:
-            lctx = ctx.lua_ctx = self.lua_state.new_ctx()
+            lctx = ctx.lua_ctx = self._new_ctx()
         cur = CURRENT  # `wait` stays False: only the request phases set it, and they reset it
-        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self.name
+        cur.ctx, cur.head, cur.log, cur.plugin = ctx, head, self._log, self._name
         try:
             result = self._header_fn(lctx)
         finally:
