@@ -11,9 +11,10 @@ C call counts as one step however long it takes, so judge a change with bench/in
 (callgrind's instruction count), not with this. `--chain` puts
 `make bench`'s plugin chain (key-auth, limit-count, proxy-rewrite, cors, request-id) on the
 route; `--prometheus` the prometheus plugin alone (its added cost is the difference to a plain
-run), `--lua` the hello_world Lua plugin, `--access-log` the default access log (to /dev/null;
-the harness never turns the loop, so lines pile up in the sink's buffer unwritten). The
-garbage collector is tuned as a worker tunes it.
+run), `--lua` the hello_world Lua plugin, `--pyhdr` response-rewrite setting the header
+hello_world sets (the same change by a Python plugin), `--access-log` the default access log
+(to /dev/null; the harness never turns the loop, so lines pile up in the sink's buffer
+unwritten). The garbage collector is tuned as a worker tunes it.
 It prints the median and the best of its runs; `make bench` takes the best, as timeit does (on
 a shared machine the slower runs measure the neighbours), and compares variants round by round.
 Not a test.
@@ -107,6 +108,10 @@ LUA = """
     plugins:
       hello-world: {}
 """
+PYHDR = """
+    plugins:
+      response-rewrite: {headers: {set: {X-Hello: world}}}
+"""
 
 
 def lua_config() -> str:
@@ -175,12 +180,15 @@ async def run(
     lua: bool = False,
     opcodes: bool = False,
     access_log: bool = False,
+    pyhdr: bool = False,
 ) -> None:
     text = CONFIG.rstrip("\n") + CHAIN if chain else CONFIG
     if prometheus:
         text = CONFIG.rstrip("\n") + PROMETHEUS
     if lua:
         text = lua_config()
+    if pyhdr:
+        text = CONFIG.rstrip("\n") + PYHDR
     if access_log:
         text = CONFIG.replace("{enabled: false}", '{path: "/dev/null"}')
     one = proxied_request(text)
@@ -220,9 +228,20 @@ def main() -> None:
     parser.add_argument("--prometheus", action="store_true", help="with the prometheus plugin")
     parser.add_argument("--lua", action="store_true", help="with the hello_world Lua plugin")
     parser.add_argument("--access-log", action="store_true", help="with the access log on")
+    parser.add_argument(
+        "--pyhdr", action="store_true", help="with response-rewrite setting hello_world's header"
+    )
     args = parser.parse_args()
     try:
-        flags = (args.profile, args.chain, args.prometheus, args.lua, args.opcodes, args.access_log)
+        flags = (
+            args.profile,
+            args.chain,
+            args.prometheus,
+            args.lua,
+            args.opcodes,
+            args.access_log,
+            args.pyhdr,
+        )
         uvloop.run(run(args.n, args.runs, *flags))
     except BrokenPipeError:  # piped into `head`
         sys.stderr.close()

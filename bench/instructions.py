@@ -1,6 +1,6 @@
 """CPU instructions per proxied request, counted by valgrind: the same from run to run.
 
-`python bench/instructions.py [--chain | --lua | --prometheus | --access-log]` runs
+`python bench/instructions.py [--chain | --lua | --pyhdr | --prometheus | --access-log]` runs
 bench/hotpath_bench.py under `valgrind --tool=callgrind` twice, with SMALL and LARGE requests,
 and divides the difference in instructions by LARGE - SMALL, so start-up and warm-up cancel out.
 On this noisy 2-core machine timings of the same build swing by 30%; this count moves by under
@@ -55,12 +55,12 @@ def instructions(requests: int, flags: list[str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     variant = parser.add_mutually_exclusive_group()
-    for flag in ("--chain", "--lua", "--prometheus", "--access-log"):
+    for flag in ("--chain", "--lua", "--pyhdr", "--prometheus", "--access-log"):
         variant.add_argument(flag, action="store_true")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    names = ("chain", "lua", "prometheus", "access_log")
+    names = ("chain", "lua", "pyhdr", "prometheus", "access_log")
     flags = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name)]
     per_request = (instructions(LARGE, flags) - instructions(SMALL, flags)) / (LARGE - SMALL)
     print(f"instructions per proxied request{' ' + flags[0] if flags else ''}: {per_request:,.0f}")
