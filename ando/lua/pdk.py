@@ -183,7 +183,12 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         return None if value is None else lua_text(value)
 
     def get_header(name: str) -> str | None:
-        return _ctx().header(name)
+        """As APISIX's core.request.header (ngx.req.get_headers()): any case, and `_` for `-`."""
+        ctx = _ctx()
+        value = ctx.header(name)
+        if value is None and name.__class__ is str and "_" in name:
+            value = ctx.header(name.replace("_", "-"))
+        return value
 
     new_table = state.lua.table
 
@@ -308,7 +313,12 @@ def bindings(state: LuaState) -> dict[str, Callable[..., Any]]:
         return head.status if head is not None else _ctx().status
 
     def resp_get_header(name: str) -> str | None:
-        return _head().get(name)
+        """Any case, and `_` for `-` (as ngx.header and ngx.resp.get_headers())."""
+        head = _head()
+        value = head.get(name)
+        if value is None and name.__class__ is str and "_" in name:
+            value = head.get(name.replace("_", "-"))
+        return value
 
     def resp_set_header(name: str, value: Any) -> None:
         """In header_filter (a serverless function's: a Lua plugin's are queued, pdk.lua) on the

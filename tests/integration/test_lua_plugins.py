@@ -31,6 +31,7 @@ return {
         r.set_header("X-Query", r.get_query())
         r.set_header("X-Arg", r.get_arg("a") or "none")
         r.set_header("X-In", r.get_header("x-in") or "none")
+        r.set_header("X-In-Underscore", r.get_header("X_In") or "none")
         local hs = r.get_headers()
         r.set_header("X-Multi", type(hs["x-multi"]) == "table" and table.concat(hs["x-multi"], ",")
             or tostring(hs["x-multi"]))
@@ -60,6 +61,8 @@ return {
     header_filter = function(conf, ctx)
         ando.response.set_header("X-Old-Status", ando.response.get_status())
         ando.response.set_header("X-Up-Type", ando.response.get_header("content-type") or "none")
+        ando.response.set_header("X-Up-Type-Underscore",
+            ando.response.get_header("content_type") or "none")
         local s = ando.request.get_arg("status")
         if s then
             ando.response.set_status(tonumber(s))
@@ -402,6 +405,7 @@ def test_pdk_request_functions(gw: GatewayProcess) -> None:
     assert h["x-query"] == ["a=1&b=two"]
     assert h["x-arg"] == ["1"]
     assert h["x-in"] == ["hello"]
+    assert h["x-in-underscore"] == ["hello"]  # `_` for `-`, as core.request.header finds it
     assert h["x-multi"] == ["m1,m2"] or h["x-multi"][-1] == "m1,m2"
     assert h["x-remote"] == ["127.0.0.1"]
     assert h["x-host"] == ["127.0.0.1"]
@@ -436,6 +440,7 @@ def test_pdk_response_functions(gw: GatewayProcess) -> None:
     assert r.status == 203
     assert r.header("X-Old-Status") == "200"
     assert r.header("X-Up-Type") == "application/json"
+    assert r.header("X-Up-Type-Underscore") == "application/json"  # as ngx.header.content_type
     assert r.header("X-Early") == "set-in-access"
     assert [v for k, v in r.headers if k.lower() == "x-resp"] == ["a", "b"]
 
