@@ -26,7 +26,8 @@ Per target: median requests/s, p50 and p99 latency (wrk --latency), the proxy's 
 per request (utime+stime of its processes from /proc, over the requests wrk completed) and the
 worker's RSS idle and after load. Then, in-process (bench/hotpath_bench.py, no kernel): the
 request's own Python microseconds, plain and with each plugin variant, whose differences resolve
-a plugin's added CPU far more finely than wrk's run-to-run spread does on this machine.
+a plugin's added CPU far more finely than wrk's run-to-run spread does on this machine; and the
+same requests' instructions (bench/instructions.py, valgrind), which do not move with the noise.
 
 The regenerated part of bench/REPORT.md lies between the
 `<!-- proxy-bench:start -->` and `<!-- proxy-bench:end -->` markers; notes outside them are kept.
@@ -56,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -647,6 +649,11 @@ def main() -> int:
         "default 5)",
     )
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process costs")
+    p.add_argument(
+        "--no-instructions",
+        action="store_true",
+        help="skip the instruction counts (bench/instructions.py under valgrind, ~3 min)",
+    )
     args = p.parse_args()
     if args.duration < 1 or args.runs < 1 or args.connections < 1:
         p.error("--duration, --runs and --connections must be at least 1")
@@ -710,7 +717,10 @@ def main() -> int:
     inproc = None
     if not args.no_inprocess and any(t.key.startswith("ando") and t.runs for t in targets):
         inproc = inprocess_costs(args.inprocess_rounds)
-    text = render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc)
+    counts = None
+    if not args.no_instructions and any(t.key.startswith("ando") and t.runs for t in targets):
+        counts = instruction_counts(notes)
+    text = render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc, counts)
     print()
     print(text.split("\n### Commands")[0])  # the configs and commands: in the report
     if not args.no_report:
@@ -903,7 +913,45 @@ def inprocess_costs(rounds: int) -> dict[str, list[float]] | None:
     return out
 
 
-def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None) -> str:
+def instruction_counts(notes: list[str]) -> dict[str, int] | None:
+    """Instructions per proxied request of each in-process variant (bench/instructions.py):
+    the one figure here that does not move with the machine's noise (under 0.1% run to run).
+    Two valgrind runs at a time, one per core; installs valgrind when it is missing."""
+    if shutil.which("valgrind") is None:
+        print("proxy_bench: valgrind missing; running build/ensure-apt.sh valgrind", flush=True)
+        done = subprocess.run([str(ROOT / "build" / "ensure-apt.sh"), "valgrind"], check=False)
+        if done.returncode != 0 or shutil.which("valgrind") is None:
+            notes.append("Instruction counts skipped: valgrind could not be installed.")
+            return None
+    script = ROOT / "bench" / "instructions.py"
+
+    def one(flag: str) -> int | None:
+        done = subprocess.run(
+            [sys.executable, str(script), *([flag] if flag else [])],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=ROOT,
+        )
+        found = re.search(r": ([0-9,]+)$", done.stdout.strip())
+        if done.returncode != 0 or found is None:
+            print(f"proxy_bench: instructions.py {flag} failed: {done.stderr[-300:]}")
+            return None
+        return int(found.group(1).replace(",", ""))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(one, [flag for _, flag in INPROCESS_VARIANTS]))
+    if any(r is None for r in results):
+        notes.append("Instruction counts skipped: bench/instructions.py failed (see its output).")
+        return None
+    counts = {name: r for (name, _), r in zip(INPROCESS_VARIANTS, results, strict=True)}
+    print(f"proxy_bench: instructions per request: {counts}")
+    return counts  # type: ignore[return-value]
+
+
+def render(
+    args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None, counts=None
+) -> str:
     by_key = {t.key: t for t in targets}
     out = [
         "## Proxy benchmark: Ando against nginx",
@@ -993,6 +1041,10 @@ def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None
             )
         ratio_lines.append(line)
     out += ratio_lines or ["- (no Ando target selected)"]
+    goals = {"prometheus": PROM_EXTRA_CPU_TARGET, "lua": LUA_EXTRA_CPU_TARGET}
+    labels = {"prometheus": "the prometheus plugin", "lua": "the hello_world Lua plugin",
+              "pyhdr": "response-rewrite setting the same header",
+              "chain": "the 5-plugin chain"}  # fmt: skip
     if inproc:
         plain = inproc["plain"]
         out += [
@@ -1008,10 +1060,6 @@ def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None
             f"- plain proxy: **{statistics.median(plain):.2f} µs** "
             f"({min(plain):.2f}–{max(plain):.2f})",
         ]
-        goals = {"prometheus": PROM_EXTRA_CPU_TARGET, "lua": LUA_EXTRA_CPU_TARGET}
-        labels = {"prometheus": "the prometheus plugin", "lua": "the hello_world Lua plugin",
-                  "pyhdr": "response-rewrite setting the same header",
-                  "chain": "the 5-plugin chain"}  # fmt: skip
         for name, _ in INPROCESS_VARIANTS[1:]:
             added = [v - p for v, p in zip(inproc[name], plain, strict=True)]
             line = (
@@ -1021,6 +1069,35 @@ def render(args, targets, env, commands, notes, proxy_cpu, load_cpu, inproc=None
             if name in goals:
                 verdict = "meets" if statistics.median(added) < goals[name] else "misses"
                 line += f" ({verdict} the < {goals[name]:.0f} µs target)"
+            out.append(line)
+    if counts:
+        plain_n = counts["plain"]
+        us_per = statistics.median(inproc["plain"]) / plain_n if inproc else None
+        out += [
+            "",
+            "### Instructions per request (`bench/instructions.py`, callgrind)",
+            "",
+            "The in-process request above, counted by valgrind: the same to within 0.1% from run "
+            "to run, so it resolves what the timings on this machine cannot. "
+            + (
+                "In µs at the plain request's in-process rate (its median µs over its "
+                "instructions): an estimate, as instructions are not cycles."
+                if us_per
+                else ""
+            ),
+            "",
+            f"- plain proxy: **{plain_n:,}**",
+        ]
+        for name, _ in INPROCESS_VARIANTS[1:]:
+            added = counts[name] - plain_n
+            line = f"- {labels[name]}: {counts[name]:,}, **+{added:,}**"
+            if us_per:
+                est = added * us_per
+                line += f" (≈ {est:.2f} µs"
+                if name in goals:
+                    line += f"; {'meets' if est < goals[name] else 'misses'} the < "
+                    line += f"{goals[name]:.0f} µs target"
+                line += ")"
             out.append(line)
     out += [
         "",
