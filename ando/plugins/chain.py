@@ -28,11 +28,12 @@ REQUEST_PHASES = ("rewrite", "access", "before_proxy")
 class Entry:
     """One plugin's bound phase function in a chain."""
 
-    __slots__ = ("fn", "is_async", "name", "plugin", "priority")
+    __slots__ = ("fn", "is_async", "name", "phase", "plugin", "priority")
 
     def __init__(self, plugin: Plugin, phase: str, priority: int, meta: Mapping[str, Any]) -> None:
         self.plugin = plugin
         self.name = plugin.name
+        self.phase = phase  # what a plugin_error event names (rewrite, access, ...)
         self.priority = priority
         fn = getattr(plugin, phase)
         self.is_async = inspect.iscoroutinefunction(fn)

@@ -19,6 +19,7 @@ from ando.plugins.context import _DATE_SERVER, RequestContext, ResponseHead
 
 if TYPE_CHECKING:
     from ando.http.server import HttpConnection, Request
+    from ando.plugins.chain import Entry
 
 # The request-side stages of a chain (ando/plugins/chain.py): global rules' rewrite and access,
 # the route's rewrite; then, once a consumer is known, the rewrite of the plugins it brought;
@@ -59,27 +60,27 @@ def run_request_phases(
             try:
                 result = entry.fn(ctx)
             except Exception as e:
-                raise PluginFailed(entry.name, STAGES[stage], e) from e
+                raise PluginFailed(entry.name, entry.phase, e) from e
             if result is None:
                 continue
             if type(result) is Response:
                 return result
-            return _resume(ctx, result, entry.name, end, stage, index)
+            return _resume(ctx, result, entry, end, stage, index)
         stage += 1
         index = 0
     return None
 
 
 async def _resume(
-    ctx: RequestContext, pending: Any, name: str, end: int, stage: int, index: int
+    ctx: RequestContext, pending: Any, entry: Entry, end: int, stage: int, index: int
 ) -> Response | None:
     try:
         result = await pending
     except Exception as e:
-        raise PluginFailed(name, STAGES[stage], e) from e
+        raise PluginFailed(entry.name, entry.phase, e) from e
     if result is not None:
         if not isinstance(result, Response):
-            raise PluginFailed(name, STAGES[stage], TypeError(f"returned {result!r}"))
+            raise PluginFailed(entry.name, entry.phase, TypeError(f"returned {result!r}"))
         return result
     rest = run_request_phases(ctx, end, stage, index)
     if rest is None or type(rest) is Response:

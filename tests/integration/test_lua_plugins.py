@@ -211,6 +211,9 @@ return {
     schema = {type = "object", properties = {field = {type = "string", default = "name"}}},
     access = function(conf, ctx)
         local body = ando.request.get_body()
+        if body == "boom" then
+            error("guard failed after the body")  -- after waiting for it: the awaited path
+        end
         local ok, doc = pcall(ando.json.decode, body)
         if not ok or type(doc) ~= "table" or doc[conf.field] == nil then
             return 400, {message = "missing " .. conf.field}
@@ -561,6 +564,7 @@ def test_response_exit(gw: GatewayProcess) -> None:
 def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str) -> None:
     ev = failed_request_event(gw, f"/fail?mode={mode}", expect)
     assert ev["plugin"] == "fail-probe"
+    assert ev["phase"] == "access"  # the plugin's phase, not the pipeline's stage
     assert ev["route_id"] == "fail"
     assert "fail.lua:" in ev["traceback"]  # the Lua traceback names the file and line
     # the worker keeps serving, Lua plugins included
@@ -711,6 +715,15 @@ def test_request_body_guard(gw: GatewayProcess) -> None:
         assert r.header("X-Len-Seen") == f"{len(bad)}/0"
     r = request(gw.port, "GET", "/guarded")
     assert r.status == 400
+
+
+def test_a_failure_after_waiting_for_the_body_names_its_phase(gw: GatewayProcess) -> None:
+    r = request(gw.port, "POST", "/guarded", body=b"boom")
+    assert r.status == 500
+    found = gw.wait_events("plugin_error", lambda e: "guard failed after" in e.get("error", ""))
+    assert found, gw.stderr()[-3000:]
+    assert found[-1]["plugin"] == "body-guard"
+    assert found[-1]["phase"] == "access"  # not the pipeline's stage (after_consumer)
 
 
 def test_request_body_not_available_after_the_request_went(gw: GatewayProcess) -> None:
