@@ -903,8 +903,13 @@ class ProxyExchange:
             self.gateway.log_event("upstream_failed", node=node.addr, kind=kind, detail=message)
             if up.health is not None:
                 up.health.passive(node, _PASSIVE_OUTCOME.get(kind, TCP_FAILURE))
-        if kind != "invalid" and self.attempts < up.max_attempts and within and replayable:
-            self._attempt()
+        if kind != "invalid" and self.attempts < up.max_attempts and replayable:
+            if within:
+                self._attempt()
+                return
+            # A retry that retry_timeout refused: 502 whatever the last failure was, as APISIX's
+            # balancer answers when its proxy_retry_deadline has passed.
+            self._respond_error(502, "502 Bad Gateway")
             return
         if kind == "timeout":
             self._respond_error(504, "504 Gateway Time-out")
