@@ -9,6 +9,8 @@ with the proxy's per-request fields), so a request costs one object, not a reque
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
@@ -91,6 +93,19 @@ def _query(v: Vars) -> str | None:
     return v.query.decode("latin-1") if v.query else None
 
 
+def _header(lower: bytes) -> Callable[[Vars], str | None]:
+    """nginx's variables that are one request header by another name ($content_type)."""
+
+    def get(v: Vars) -> str | None:
+        value = v._joined(lower, b", ")
+        return value.decode("latin-1").rstrip(" \t") if value is not None else None
+
+    return get
+
+
+_HOSTNAME = socket.gethostname()
+
+
 _SIMPLE = {
     "uri": lambda v: v.path,
     "request_uri": lambda v: v.target.decode("latin-1"),
@@ -103,6 +118,11 @@ _SIMPLE = {
     "args": _query,
     "query_string": _query,
     "server_protocol": lambda v: f"HTTP/{v.version}",
+    "content_type": _header(b"content-type"),
+    "content_length": _header(b"content-length"),
+    "is_args": lambda v: "?" if v.query else "",
+    "document_uri": lambda v: v.path,
+    "hostname": lambda v: _HOSTNAME,
     "route_id": lambda v: v.route_id,
     "service_id": lambda v: v.service_id,
     "upstream_addr": lambda v: v.upstream_addr,

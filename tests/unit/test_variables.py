@@ -30,3 +30,21 @@ def test_cookies_come_from_every_cookie_header() -> None:
 
 def test_the_whitespace_after_a_value_is_not_part_of_it() -> None:
     assert vars_with([(b"X-One", b"v  ")]).get("http_x_one") == "v"
+
+
+def test_nginx_variables_that_are_a_header_or_the_path_by_another_name() -> None:
+    """$content_type, $content_length, $is_args, $document_uri and $hostname, which route `vars`
+    written for APISIX use (they read as absent before)."""
+    import socket
+
+    v = vars_with([(b"Content-Type", b"application/json "), (b"Content-Length", b"12")])
+    v.path, v.query = "/a/b", b"x=1"
+    assert v.get("content_type") == "application/json"
+    assert v.get("content_length") == "12"
+    assert v.get("is_args") == "?"
+    assert v.get("document_uri") == "/a/b"
+    assert v.get("hostname") == socket.gethostname()
+    bare = vars_with([])
+    bare.path, bare.query = "/", b""
+    assert bare.get("content_type") is None and bare.get("content_length") is None
+    assert bare.get("is_args") == ""
