@@ -159,7 +159,7 @@ class PluginChain:
         # rest (the phases stay in order; the split is only where the chain may change).
         self.before_consumer = self.global_rewrite + self.global_access + self.rewrite
         self.after_consumer = self.access + self.before_proxy
-        # The three in the pipeline's stage order (ando/proxy/pipeline.py STAGES), by index.
+        # The three in the pipeline's stage order (ando/proxy/pipeline.py), by index.
         self.stages = (self.before_consumer, self.consumer_rewrite, self.after_consumer)
         # False when only response-side phases run (a header_filter plugin, say): the request
         # goes straight to the upstream (no consumer can join without a request phase).

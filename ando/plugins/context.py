@@ -140,7 +140,7 @@ def prepare_header(name: str, value: str) -> PreparedHeader | None:
     try:
         key, lower = _names.get(name) or _name(name)
         raw = header_bytes(value)
-    except (ValueError, UnicodeEncodeError, AttributeError):
+    except (ValueError, UnicodeEncodeError):
         return None
     if lower in _SPECIAL:
         return None
@@ -478,11 +478,8 @@ class ResponseHead:
         header on every response (hello_world's Lua set_header, through lua/ando/pdk.lua)."""
         lower = header.lower
         headers = self.headers
-        n = len(lower)
-        for k, _ in headers:
-            if len(k) == n and k.lower() == lower:
-                headers[:] = [h for h in headers if h[0].lower() != lower]
-                break
+        if _has(headers, lower):  # usually not
+            headers[:] = [h for h in headers if h[0].lower() != lower]
         headers.append(header.line)
 
     def add(self, name: str, value: str) -> None:

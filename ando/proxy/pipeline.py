@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # the route's rewrite; then, once a consumer is known, the rewrite of the plugins it brought;
 # then access and before_proxy. A request that matched no route runs only the first stage (the
 # global rules: its chain has no route plugins).
-STAGES = ("before_consumer", "consumer_rewrite", "after_consumer")
+# Stage 0 before_consumer, 1 consumer_rewrite, 2 after_consumer (PluginChain.stages); a failure
+# names its plugin's phase (Entry.phase), not the stage.
 _CONSUMER_STAGE = 1
 UNMATCHED_STAGES = 1
 ALL_STAGES = 3
