@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ando.lua.pdk import CURRENT, apply_head_ops
-from ando.lua.runtime import LuaState, state, text
+from ando.lua.runtime import MAX_MEMORY_MIB, LuaState, state, text
 from ando.plugins.base import PHASES, BuildContext, Plugin, Response
 from ando.plugins.context import RequestContext, ResponseHead
 
@@ -292,6 +292,7 @@ def load_lua_plugins(
     if not modules:
         return [], []
     st = state()
+    st.limit_memory(settings.get("max_memory", MAX_MEMORY_MIB))
     paths = lua_paths(settings, config_file)
     unsafe = bool(settings.get("unsafe", False))
     classes: list[tuple[int, type[LuaPlugin]]] = []

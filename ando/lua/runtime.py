@@ -37,6 +37,11 @@ BUDGET = 10_000_000
 
 BUDGET_MESSAGE = "instruction budget exceeded"
 
+# What a worker's Lua state may hold, in MiB, unless `ando.lua.max_memory` says otherwise: an
+# allocation past it fails the plugin call that made it ("not enough memory", a 500) instead of
+# growing the worker until the kernel kills it, requests in flight and all.
+MAX_MEMORY_MIB = 256
+
 # JSON Schema keywords whose value is an array even when a Lua table for it is empty.
 _ARRAY_KEYS = frozenset({"required", "enum", "anyOf", "oneOf", "allOf", "prefixItems"})
 
@@ -77,7 +82,9 @@ class LuaState:
             register_builtins=False,
             unpack_returned_tuples=True,
             attribute_filter=_no_attributes,
+            max_memory=0,  # counted from the start; the limit is set by limit_memory()
         )
+        self._memory_limit = 0
         version = self.lua.execute("return jit and jit.version")
         if not (isinstance(version, str) and version.startswith("LuaJIT 2.1")):
             raise RuntimeError(f"lupa.luajit21 is not LuaJIT 2.1: {version!r}")
@@ -99,6 +106,7 @@ class LuaState:
         self._bind_head = self.core.bind_head
         self._new_ctxs = self.core.new_ctxs
         self._spare_ctxs: list[Any] = []
+        self._collect = self.core.collect
         self._is_function = self.core.is_function
         self.sandboxes: dict[tuple[str, bool], Any] = {}
         # (sandbox key, module name, file, source) -> the loaded module, or its error
@@ -111,8 +119,23 @@ class LuaState:
         instead of one per request); each is handed out once, so no request sees another's."""
         spare = self._spare_ctxs
         if not spare:
+            self.relieve_memory()  # every CTX_BATCH requests: the batch itself allocates
             spare.extend(self._new_ctxs(CTX_BATCH))
         return spare.pop()
+
+    def limit_memory(self, mib: int) -> None:
+        """The most the whole Lua state may use (`ando.lua.max_memory`)."""
+        self._memory_limit = mib << 20
+        self.lua.set_max_memory(self._memory_limit, total=True)
+
+    def relieve_memory(self) -> None:
+        """A full collection when the state is near its limit. A call that failed for memory
+        leaves its garbage behind, and LuaJIT collects only as it allocates: every allocation
+        would fail from then on. runtime.lua collects after such a failure it catches; this is
+        for the allocations outside a plugin call (a batch of ctx tables)."""
+        limit = self._memory_limit
+        if limit and self.lua.get_memory_used() > limit - (limit >> 2):
+            self._collect()
 
     def _run_file(self, path: Path) -> Any:
         loader = self.lua.eval("function(src, name) return assert(load(src, name, 't')) end")
@@ -282,6 +305,7 @@ def state() -> LuaState:
 __all__ = [
     "BUDGET",
     "BUDGET_MESSAGE",
+    "MAX_MEMORY_MIB",
     "LuaError",
     "LuaState",
     "lua_text",

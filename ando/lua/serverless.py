@@ -77,11 +77,12 @@ class ServerlessFunction(Plugin):
     def __init__(self, conf: dict[str, Any], build: BuildContext) -> None:
         super().__init__(conf, build)
         from ando.lua.plugin import lua_paths
-        from ando.lua.runtime import state
+        from ando.lua.runtime import MAX_MEMORY_MIB, state
 
         st: LuaState = state()
         self._state = st
         lua = build.snapshot.node.lua
+        st.limit_memory(lua.get("max_memory", MAX_MEMORY_MIB))
         paths = lua_paths(lua, build.snapshot.file)
         unsafe = bool(lua.get("unsafe", False))
         lconf = st.to_lua(conf)  # once per configuration

@@ -282,6 +282,16 @@ local pool, pooled = {}, 0
 -- The result of a phase call that finished: 0 when it went on (or 0 and what it returned, when
 -- that is not nil and not a number); 1, status, body, headers when it answered; 2 and the error
 -- with the Lua traceback when it failed.
+local ERRMEM = "not enough memory"  -- LuaJIT's message for an allocation past the state's limit
+
+-- A full collection, after a call failed for memory: LuaJIT collects only as it allocates, so
+-- the failed call's garbage would make every later allocation fail too. Also ando/lua/runtime.py's
+-- relieve_memory, for allocations outside plugin calls.
+local function collect()
+    collectgarbage("collect")
+end
+M.collect = collect
+
 local function outcome(ok, r1, r2, r3)
     if ok then
         if r1 == nil then
@@ -295,6 +305,10 @@ local function outcome(ok, r1, r2, r3)
     if getmetatable(r1) == EXIT then
         return 1, r1.status, r1.body, r1.headers
     end
+    if r1 == ERRMEM then
+        collect()
+        return 2, ERRMEM .. " (past ando.lua.max_memory)"
+    end
     return 2, r1
 end
 
@@ -307,6 +321,10 @@ local function step(co, budget, ...)
     disarm()
     M.phase_co = nil
     if not rok then
+        if tag == ERRMEM then
+            collect()  -- first: the traceback allocates
+            tag = ERRMEM .. " (past ando.lua.max_memory)"
+        end
         return 2, traceback(co, tostring(tag))
     end
     if tag == DONE then

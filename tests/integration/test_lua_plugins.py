@@ -130,6 +130,14 @@ return {
             return 200, "x", {["X-A\\r\\nSet-Cookie"] = "evil=1"}
         elseif mode == "interim" then  -- a 1xx would announce another response
             return 101, "x"
+        elseif mode == "memory" then  -- 1 MB a step: past ando.lua.max_memory in ~64 steps
+            local t = {}
+            for i = 1, 1e6 do
+                t[i] = string.rep("x", 1e6) .. i
+            end
+        elseif mode == "alloc" then  -- 4 MB, let go at once: fits unless garbage fills the state
+            local s = string.rep("y", 4e6)
+            ando.request.set_header("X-Alloc", tostring(#s))
         end
     end,
 }
@@ -323,6 +331,7 @@ def gw(up: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "probes.late",
                     "probes.head",
                 ],
+                "max_memory": 64,
             }
         },
         "routes": [
@@ -571,6 +580,31 @@ def test_failures_are_500_and_logged(gw: GatewayProcess, mode: str, expect: str)
     assert request(gw.port, "GET", "/fail?mode=none").status == 200
     assert request(gw.port, "GET", "/hello").header("X-Hello") == "world"
     assert not Path("/tmp/ando-lua-pwned").exists()
+
+
+def test_lua_memory_past_the_limit_fails_the_request_not_the_worker(gw: GatewayProcess) -> None:
+    """1 MB strings kept in a loop reach ando.lua.max_memory (64 MiB here) long before the
+    instruction budget: each such request fails with a 500, and the Lua plugins of the next
+    requests run as before (the failed call's garbage is collected at once)."""
+    for _ in range(3):
+        ev = failed_request_event(gw, "/fail?mode=memory", "not enough memory")
+        assert ev["plugin"] == "fail-probe"
+        assert "ando.lua.max_memory" in ev["error"]
+        for _ in range(4):  # both workers
+            assert request(gw.port, "GET", "/hello").header("X-Hello") == "world"
+            assert request(gw.port, "GET", "/fail?mode=none").status == 200
+    # On one connection (one worker): right after the failure, a call that needs 4 MB gets
+    # them (the failed call's garbage was collected at once, not left to fill the state).
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        for mode, status in (("memory", 500), ("alloc", 200), ("memory", 500), ("alloc", 200)):
+            conn.request("GET", f"/fail?mode={mode}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == status, mode
+    finally:
+        conn.close()
+    assert not gw.events("worker_exited") and not gw.events("worker_crashed")
 
 
 def test_changed_lua_file_reloads_on_sighup(gw: GatewayProcess) -> None:

@@ -12,7 +12,7 @@ import pytest
 from ando.config.diagnostics import ConfigError
 from ando.config.source import snapshot_from_text
 from ando.lua.plugin import load_lua_plugins
-from ando.lua.runtime import LuaState, state
+from ando.lua.runtime import MAX_MEMORY_MIB, LuaState, state
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +356,16 @@ def test_module_names_and_paths_beyond_latin_1_are_diagnostics_or_load(tmp_path)
     text = f'ando: {{lua: {{paths: ["{where}"], plugins: ["wide"]}}}}\n'
     snap = snapshot_from_text(text, "t.yaml", environ={})
     assert snap.source_files == (str(where / "wide.lua"),)
+
+
+def test_max_memory_is_at_least_16_mib_and_applies_to_the_state(tmp_path: Path) -> None:
+    found = problems("ando:\n  lua:\n    max_memory: 8\nroutes: []\n")
+    assert len(found) == 1 and found[0].startswith("t.yaml:3:17: ") and "16" in found[0]
+    text = config(tmp_path, ["examples.hello_world"])
+    text = text.replace("  lua:\n", "  lua:\n    max_memory: 32\n")
+    try:
+        load_lua_plugins(snapshot_from_text(text, "t.yaml", environ={}).node.lua, "t.yaml")
+        # lupa reports the limit less what the state held when it was created (a few KiB)
+        assert (31 << 20) < state().lua.get_max_memory() <= 32 << 20
+    finally:
+        state().limit_memory(MAX_MEMORY_MIB)  # the process's state, shared by later tests
