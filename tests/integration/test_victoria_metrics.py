@@ -171,6 +171,14 @@ def test_a_victoria_metrics_that_never_answers_slows_nothing(tmp_path, up):
     thread = threading.Thread(target=swallow, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+
+    def close_hole() -> None:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        hole.close()
+
     try:
         with GatewayProcess(config(up, url, timeout=30), tmp_path, workers=1) as gw:
             wait_for(lambda: bool(accepted), "a push to hang", 10)
@@ -180,12 +188,13 @@ def test_a_victoria_metrics_that_never_answers_slows_nothing(tmp_path, up):
                 assert time.monotonic() - started < 2.0
             scrape = request(gw.metrics_port, "GET", "/metrics", timeout=5)
             assert scrape.status == 200 and b'route="r"' in scrape.body
+            # Before the gateway stops: its last push at shutdown would wait out the 30 s push
+            # timeout here, past GatewayProcess.stop's patience (then a SIGKILL, whose master
+            # leaves its pid file behind).
+            close_hole()
+            assert gw.stop() == 0
     finally:
-        stop.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        hole.close()
+        close_hole()
 
 
 def test_the_last_totals_are_pushed_at_shutdown(tmp_path, up, vm):
