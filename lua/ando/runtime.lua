@@ -279,9 +279,6 @@ end
 
 local pool, pooled = {}, 0
 
--- The result of a phase call that finished: 0 when it went on (or 0 and what it returned, when
--- that is not nil and not a number); 1, status, body, headers when it answered; 2 and the error
--- with the Lua traceback when it failed.
 local ERRMEM = "not enough memory"  -- LuaJIT's message for an allocation past the state's limit
 
 -- A full collection, after a call failed for memory: LuaJIT collects only as it allocates, so
@@ -292,6 +289,9 @@ local function collect()
 end
 M.collect = collect
 
+-- The result of a phase call that finished: 0 when it went on (or 0 and what it returned, when
+-- that is not nil and not a number); 1, status, body, headers when it answered; 2 and the error
+-- with the Lua traceback when it failed.
 local function outcome(ok, r1, r2, r3)
     if ok then
         if r1 == nil then
